@@ -1,0 +1,182 @@
+"""The detector contract.
+
+A detector is a small estimator in River's manner: ``score_one(x)`` returns a
+float where high means suspicious, ``learn_one(x)`` updates it. Constructor
+arguments are its parameters only, stored under the same names, so a detector
+can be printed, cloned and rebuilt from configuration.
+
+Two kinds exist:
+
+* :class:`Detector` keeps one model for the whole stream (for example River's
+  ``HalfSpaceTrees``).
+* :class:`KeyedDetector` keeps one *small* state per account. The state is a
+  plain JSON-able list owned by the caller (the worker stores it with the
+  account's durable record), so ``score_one`` and ``learn_one`` take it as an
+  argument instead of holding a dictionary of every account.
+
+The decision to alert is not the detector's: :class:`ThresholdAlerter` wraps a
+detector with a threshold, a severity and the rule that, by default, a model
+does not learn from what it has just flagged.
+
+``x`` is a mapping of features prepared by the caller (see
+``streams/features.py``): plain numbers and strings; money in integer minor
+units.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+Features = Mapping[str, Any]
+S = TypeVar("S")
+
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+class _Parametrised:
+    """Parameters are the constructor arguments, stored under the same names."""
+
+    def _get_params(self) -> dict[str, Any]:
+        signature = inspect.signature(type(self).__init__)
+        return {
+            name: getattr(self, name)
+            for name in signature.parameters
+            if name != "self" and hasattr(self, name)
+        }
+
+    def clone(self, **new_params: Any) -> Any:
+        """A fresh, unfitted copy with the same (or the given) parameters."""
+        params = {**self._get_params(), **new_params}
+        return type(self)(**params)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._get_params().items())
+        return f"{type(self).__name__}({params})"
+
+
+class Detector(_Parametrised, ABC):
+    """One model for the whole stream."""
+
+    name: ClassVar[str]
+
+    def learn_one(self, x: Features) -> None:  # noqa: B027 - stateless detectors learn nothing
+        """Update the model with one event's features."""
+
+    @abstractmethod
+    def score_one(self, x: Features) -> float:
+        """Suspicion score of ``x``; higher is more suspicious."""
+
+    @abstractmethod
+    def explain_one(self, x: Features, score: float) -> list[str]:
+        """Reasons a person understands, with the numbers behind ``score``."""
+
+    def snapshot(self) -> Any:
+        """The learnt state, to restore later with :meth:`restore`."""
+        return None
+
+    def restore(self, snapshot: Any) -> None:  # noqa: B027 - stateless by default
+        """Put back what :meth:`snapshot` returned."""
+
+
+class KeyedDetector(_Parametrised, ABC, Generic[S]):
+    """One small state per account, held by the caller."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def new_state(self) -> S:
+        """The state of an account never seen before (JSON-able)."""
+
+    @abstractmethod
+    def score_one(self, x: Features, state: S) -> float:
+        """Suspicion score of ``x`` against the account's ``state``."""
+
+    @abstractmethod
+    def learn_one(self, x: Features, state: S) -> S:
+        """The account's state after ``x`` (may mutate and return ``state``)."""
+
+    @abstractmethod
+    def explain_one(self, x: Features, state: S, score: float) -> list[str]:
+        """Reasons a person understands, with the numbers behind ``score``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A detector's decision that an event deserves an alert."""
+
+    detector: str
+    score: float
+    severity: str
+    reasons: tuple[str, ...]
+
+
+class ThresholdAlerter(_Parametrised):
+    """Decides to alert when a detector's score reaches ``threshold``.
+
+    Parameters
+    ----------
+    detector
+        A :class:`Detector` or :class:`KeyedDetector`.
+    threshold
+        Scores at or above it produce a :class:`Finding`.
+    severity
+        Severity of the findings.
+    critical_threshold
+        Scores at or above it are raised to ``critical``; ``None`` never.
+    learn_flagged
+        Whether the model learns from events it has just flagged. Off by
+        default so that an attack does not teach the model it is normal.
+    """
+
+    def __init__(
+        self,
+        detector: Detector | KeyedDetector[Any],
+        threshold: float,
+        severity: str = "high",
+        critical_threshold: float | None = None,
+        learn_flagged: bool = False,
+    ) -> None:
+        if severity not in SEVERITIES:
+            message = f"severity must be one of {SEVERITIES}, not {severity!r}"
+            raise ValueError(message)
+        self.detector = detector
+        self.threshold = threshold
+        self.severity = severity
+        self.critical_threshold = critical_threshold
+        self.learn_flagged = learn_flagged
+
+    @property
+    def name(self) -> str:
+        return self.detector.name
+
+    def process_one(self, x: Features, state: Any = None) -> tuple[Finding | None, Any]:
+        """Score, decide, then learn. Returns the finding (or ``None``) and the new state.
+
+        ``state`` is used only by keyed detectors; global ones return it unchanged.
+        """
+        detector = self.detector
+        if isinstance(detector, KeyedDetector):
+            if state is None:
+                state = detector.new_state()
+            score = detector.score_one(x, state)
+            finding = self._decide(score, lambda: detector.explain_one(x, state, score))
+            if finding is None or self.learn_flagged:
+                state = detector.learn_one(x, state)
+            return finding, state
+        score = detector.score_one(x)
+        finding = self._decide(score, lambda: detector.explain_one(x, score))
+        if finding is None or self.learn_flagged:
+            detector.learn_one(x)
+        return finding, state
+
+    def _decide(self, score: float, explain: Any) -> Finding | None:
+        if score < self.threshold:
+            return None
+        severity = self.severity
+        if self.critical_threshold is not None and score >= self.critical_threshold:
+            severity = "critical"
+        return Finding(self.name, float(score), severity, tuple(explain()))

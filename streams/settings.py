@@ -1,0 +1,164 @@
+"""One settings object, read once from ``TXWATCH_*`` environment variables.
+
+Every variable is documented beside its field and listed in the README
+(`Configuration`). Secrets are :class:`Secret` so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+PREFIX = "TXWATCH_"
+
+
+class Secret:
+    """A string that does not show itself in ``repr`` or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class SettingsError(ValueError):
+    """A ``TXWATCH_*`` variable holds a value that cannot be used."""
+
+
+def _env(name: str, help: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"env": PREFIX + name, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Worker, simulator and CLI settings."""
+
+    broker: str = _env(
+        "BROKER", "Kafka bootstrap servers, host:port[,host:port].", "127.0.0.1:9092"
+    )
+    app_id: str = _env(
+        "APP_ID", "Faust application id: the consumer group and the table prefix.", "txwatch"
+    )
+    payments_topic: str = _env(
+        "PAYMENTS_TOPIC",
+        "Input topic for payment, crowdfunding and account events.",
+        "txwatch.payments",
+    )
+    lending_topic: str = _env("LENDING_TOPIC", "Input topic for lending events.", "txwatch.lending")
+    alert_topic: str = _env("ALERT_TOPIC", "Output topic for alerts (JSON).", "txwatch.alerts")
+    dead_letter_topic: str = _env(
+        "DEAD_LETTER_TOPIC",
+        "Output topic for rejected messages with their reason.",
+        "txwatch.dead-letters",
+    )
+    partitions: int = _env(
+        "PARTITIONS", "Partitions of the input topics and of the state changelog.", 4
+    )
+    metrics_port: int = _env(
+        "METRICS_PORT", "HTTP port of the Prometheus /metrics endpoint (0: any free port).", 9108
+    )
+    metrics_host: str = _env("METRICS_HOST", "Address the /metrics endpoint binds.", "127.0.0.1")
+    pii_key: Secret = _env(
+        "PII_KEY",
+        "HMAC key for hashing personal identifiers. Set it in production; the default "
+        "is for local runs only and is reported at start-up.",
+        Secret("txwatch-dev-only-key"),
+    )
+    max_message_bytes: int = _env(
+        "MAX_MESSAGE_BYTES", "Larger input messages are dead-lettered as oversized.", 65536
+    )
+    batch_size: int = _env(
+        "BATCH_SIZE", "Events per processing batch (state is written once per batch).", 1000
+    )
+    batch_within: float = _env(
+        "BATCH_WITHIN", "Seconds to wait for a batch to fill before processing it.", 0.05
+    )
+    detector_config: Path | None = _env(
+        "DETECTOR_CONFIG",
+        "JSON file with detector thresholds; the packaged defaults when unset.",
+        None,
+    )
+    data_dir: Path = _env("DATA_DIR", "Directory for worker data and local broker files.", Path("var"))
+    dead_letter_clear_payload: bool = _env(
+        "DEAD_LETTER_CLEAR_PAYLOAD",
+        "Keep personal fields in clear in dead-letter payloads (default: replaced by hashes).",
+        False,
+    )
+    consumer_session_timeout: float = _env(
+        "SESSION_TIMEOUT", "Consumer group session timeout in seconds.", 30.0
+    )
+    rebalance_timeout: float = _env(
+        "REBALANCE_TIMEOUT", "Consumer group rebalance timeout in seconds.", 30.0
+    )
+    log_level: str = _env("LOG_LEVEL", "Worker log level.", "INFO")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``environ`` (default ``os.environ``); overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, f.default, raw)
+        return cls(**values)
+
+    @property
+    def input_topics(self) -> tuple[str, str]:
+        return (self.payments_topic, self.lending_topic)
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """``(variable, default, help)`` rows, for the README and ``txwatch settings``."""
+        rows = []
+        for f in fields(cls):
+            default = f.default
+            shown = "(secret)" if isinstance(default, Secret) else repr(default)
+            rows.append((f.metadata["env"], shown, f.metadata["help"]))
+        return rows
+
+
+def _parse(name: str, default: Any, raw: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            lowered = raw.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no"}:
+                message = f"{name}={raw!r}: expected true or false"
+                raise SettingsError(message)
+            return lowered in {"1", "true", "yes"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Secret):
+            return Secret(raw)
+        if isinstance(default, Path) or default is None:
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        if isinstance(exc, SettingsError):
+            raise
+        message = f"{name}={raw!r}: {exc}"
+        raise SettingsError(message) from exc
