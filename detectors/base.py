@@ -63,7 +63,7 @@ class Detector(_Parametrised, ABC):
 
     name: ClassVar[str]
 
-    def learn_one(self, x: Features) -> None:  # noqa: B027 - stateless detectors learn nothing
+    def learn_one(self, x: Features) -> None:  # empty on purpose: stateless detectors learn nothing
         """Update the model with one event's features."""
 
     @abstractmethod
@@ -78,7 +78,7 @@ class Detector(_Parametrised, ABC):
         """The learnt state, to restore later with :meth:`restore`."""
         return None
 
-    def restore(self, snapshot: Any) -> None:  # noqa: B027 - stateless by default
+    def restore(self, snapshot: Any) -> None:  # empty on purpose: stateless by default
         """Put back what :meth:`snapshot` returned."""
 
 
@@ -148,6 +148,8 @@ class ThresholdAlerter(_Parametrised):
         self.severity = severity
         self.critical_threshold = critical_threshold
         self.learn_flagged = learn_flagged
+        #: score of the last event seen by :meth:`process_one`, for score histograms
+        self.last_score = 0.0
 
     @property
     def name(self) -> str:
@@ -163,11 +165,13 @@ class ThresholdAlerter(_Parametrised):
             if state is None:
                 state = detector.new_state()
             score = detector.score_one(x, state)
+            self.last_score = score
             finding = self._decide(score, lambda: detector.explain_one(x, state, score))
             if finding is None or self.learn_flagged:
                 state = detector.learn_one(x, state)
             return finding, state
         score = detector.score_one(x)
+        self.last_score = score
         finding = self._decide(score, lambda: detector.explain_one(x, score))
         if finding is None or self.learn_flagged:
             detector.learn_one(x)

@@ -1,0 +1,140 @@
+"""The monitor agent: batches of input messages in, alerts and state out.
+
+Per batch (``stream.take_events``), in this order:
+
+1. every message goes through :meth:`Monitor.process` (decode, count, detect);
+2. alerts and dead letters are sent, and the batch **waits for their
+   delivery**;
+3. each account touched by the batch is written to the table's changelog
+   once, serialised now (not when the producer gets to it);
+4. Faust acks the batch; before it commits those offsets it flushes the
+   producer, so the changelog writes of step 3 reach Kafka first.
+
+So a crash at any point either replays the batch with its old state (the
+same alerts are produced again, with the same ids) or finds the state
+already holding the batch's offsets, whose alerts were delivered in step 2.
+Nothing is lost and no alert id gets a second, different content (only
+``detected_at`` differs on a replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from streams.codec import dead_letter_record
+
+if TYPE_CHECKING:
+    from streams.app import Runtime
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_SECONDS = 5.0
+
+
+class MonitorAgent:
+    """Faust glue around :class:`streams.pipeline.Monitor`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.positions: dict[Any, int] = {}
+        self._assigned_at: float | None = time.monotonic()
+        self.batches = 0
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
+        rt = self.runtime
+        store = rt.table.data
+        monitor = rt.monitor
+        now = datetime.now(UTC)
+        dirty: dict[bytes, int] = {}
+        pending: list[Any] = []
+        oldest_ts: float | None = None
+        for event in events:
+            message = event.message
+            ts = message.timestamp
+            if ts is not None and (oldest_ts is None or ts < oldest_ts):
+                oldest_ts = ts
+            outcome = monitor.process(
+                message.value, store, topic=message.topic, partition=message.partition,
+                offset=message.offset, source_timestamp=ts, now=now,
+            )
+            self.positions[message.tp] = message.offset
+            if outcome.dead_letter is not None:
+                pending.append(rt.dead_letter_topic.send_soon(
+                    key=message.key, value=dead_letter_record(outcome.dead_letter, now),
+                ))
+                continue
+            if outcome.event is None or outcome.duplicate:
+                continue
+            key = outcome.event.account_id.encode()
+            dirty[key] = message.partition
+            for alert in outcome.alerts:
+                pending.append(rt.alert_topic.send_soon(key=key, value=alert.dumps()))
+        if pending:
+            await asyncio.gather(*pending)
+        table = rt.table
+        for key, partition in dirty.items():
+            state = store.get(key)
+            if state is not None:
+                table.send_changelog(partition, key, state.dumps(), value_serializer="raw")
+        self.batches += 1
+        if self._assigned_at is not None:
+            rt.sensors.on_ready(time.monotonic() - self._assigned_at)
+            self._assigned_at = None
+        rt.sensors.on_batch(len(events), oldest_ts)
+
+    def on_assignment(self) -> None:
+        self._assigned_at = time.monotonic()
+
+    def on_recovered(self) -> None:
+        if self._assigned_at is not None:
+            self.runtime.sensors.on_ready(time.monotonic() - self._assigned_at)
+            self._assigned_at = None
+
+    async def report_lag(self) -> None:
+        rt = self.runtime
+        consumer = rt.app.consumer
+        inputs = set(rt.settings.input_topics)
+        for tp in consumer.assignment():
+            if tp.topic not in inputs:
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            processed = self.positions.get(tp)
+            next_offset = processed + 1 if processed is not None else await consumer.position(tp)
+            if next_offset is None:
+                continue
+            rt.sensors.on_lag(tp.topic, tp.partition, max(0, highwater - next_offset))
+        rt.sensors.on_state_size(len(rt.table.data))
+
+
+def attach_agent(runtime: Runtime) -> MonitorAgent:
+    """Register the monitor agent, the lag timer and rebalance hooks on the app."""
+    app = runtime.app
+    agent = MonitorAgent(runtime)
+    settings = runtime.settings
+
+    async def monitor(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            await agent.process_batch(events)
+
+    app.agent(runtime.input_topic, name="txwatch.monitor")(monitor)
+
+    @app.timer(interval=LAG_INTERVAL_SECONDS)
+    async def lag_timer() -> None:
+        await agent.report_lag()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: Any, *args: Any, **kwargs: Any) -> None:
+        agent.on_assignment()
+
+    @app.on_rebalance_complete.connect
+    async def on_complete(app: Any, *args: Any, **kwargs: Any) -> None:
+        agent.on_recovered()
+
+    return agent

@@ -1,0 +1,119 @@
+"""The monitor's per-event work, without Faust: decode, count, detect, alert.
+
+:class:`Monitor` is what the Faust agent (``streams/agents.py``), the
+benchmark and offline backtests all run, so a threshold tuned on history
+behaves the same live. It reads and writes account states through a
+mutable mapping the caller owns (the Faust table's store in the worker, a
+plain ``dict`` offline) and reports which accounts it touched so the caller
+can write each of them once per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from detectors.base import ThresholdAlerter
+from streams.alerts import Alert
+from streams.codec import Decoder
+from streams.events import DeadLetter, Event
+from streams.features import observe
+from streams.sensors import Sensor
+from streams.state import AccountState
+
+#: Seconds of event time during which a detector stays quiet for an account
+#: after alerting on it, so one burst is one alert, not one per event.
+DEFAULT_COOLDOWN_SECONDS: dict[str, int] = {"velocity": 60, "global_anomaly": 300}
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one message produced."""
+
+    event: Event | None = None
+    dead_letter: DeadLetter | None = None
+    duplicate: bool = False
+    alerts: list[Alert] = field(default_factory=list)
+
+
+class Monitor:
+    """Runs every detector over each event and keeps account state.
+
+    Parameters
+    ----------
+    decoder
+        Turns message bytes into events or dead letters.
+    alerters
+        The detectors with their thresholds, from ``detectors.registry``.
+    config_version
+        Carried on every alert.
+    sensor
+        Observability hooks (metrics, live view).
+    cooldown_seconds
+        Per detector, event-time seconds of quiet after an alert on an account.
+    """
+
+    def __init__(self, decoder: Decoder, alerters: Sequence[ThresholdAlerter],
+                 config_version: str, sensor: Sensor | None = None,
+                 cooldown_seconds: Mapping[str, int] | None = None) -> None:
+        self.decoder = decoder
+        self.alerters = list(alerters)
+        self.config_version = config_version
+        self.sensor = sensor or Sensor()
+        self.cooldown_seconds = dict(
+            DEFAULT_COOLDOWN_SECONDS if cooldown_seconds is None else cooldown_seconds
+        )
+
+    def reconfigure(self, alerters: Sequence[ThresholdAlerter], config_version: str) -> None:
+        """Swap the detector set between two events (no restart)."""
+        self.alerters = list(alerters)
+        self.config_version = config_version
+
+    def process(self, raw: bytes | None, states: MutableMapping[Any, AccountState], *,
+                topic: str | None = None, partition: int | None = None,
+                offset: int | None = None, source_timestamp: float | None = None,
+                now: datetime | None = None) -> Outcome:
+        """Handle one message. Never raises for bad input.
+
+        The account's state is read from and put back into ``states`` under
+        the account id encoded as UTF-8 bytes.
+        """
+        decoded = self.decoder.decode(raw, topic, partition, offset)
+        if isinstance(decoded, DeadLetter):
+            self.sensor.on_dead_letter(decoded)
+            return Outcome(dead_letter=decoded)
+        event = decoded
+        key = event.account_id.encode()
+        state = states.get(key)
+        if state is None:
+            state = AccountState()
+            states[key] = state
+        if state.seen(event.event_id, topic, offset):
+            self.sensor.on_event(event, "duplicate")
+            return Outcome(event=event, duplicate=True)
+
+        x = observe(event, state)
+        detected_at = now or datetime.now(UTC)
+        ts = int(event.occurred_at.timestamp())
+        alerts: list[Alert] = []
+        for alerter in self.alerters:
+            name = alerter.name
+            finding, new_state = alerter.process_one(x, state.detectors.get(name))
+            if new_state is not None:
+                state.detectors[name] = new_state
+            self.sensor.on_score(name, alerter.last_score)
+            if finding is None:
+                continue
+            if ts < state.quiet_until.get(name, 0):
+                continue
+            cooldown = self.cooldown_seconds.get(name, 0)
+            if cooldown:
+                state.quiet_until[name] = ts + cooldown
+            alert = Alert.from_finding(finding, event, detected_at, self.config_version)
+            alerts.append(alert)
+            self.sensor.on_alert(alert, source_timestamp)
+        state.mark(event.event_id, topic, offset)
+        self.sensor.on_event(event, "processed")
+        return Outcome(event=event, alerts=alerts)
