@@ -91,7 +91,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
         progress=_progress, accounts=args.accounts,
     ))
     print(report)
-    return 0
+    return 1 if report.failed else 0
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     report = asyncio.run(replay(settings, args.file, rate=args.rate, progress=_progress))
     print(report)
-    return 0
+    return 1 if report.failed else 0
 
 
 # -- tail -----------------------------------------------------------------------------

@@ -15,18 +15,22 @@ from streams.state import AccountState
 def observe(event: Event, state: AccountState) -> dict[str, Any]:
     """Count ``event`` in the account's velocity windows and return its features.
 
+    The windows count money leaving the account (``OUTFLOW_TYPES``): payments,
+    transfers, withdrawals and pledges, with the counterparty they went to.
+
     Counting is a fact, not learning: it happens whether or not a detector
     flags the event, so the counters always equal a recount of the stream.
     """
     ts = int(event.occurred_at.timestamp())
     prior_events = state.monetary_events
     amount = event.amount_minor or 0
-    if event.amount_minor is not None:
+    is_outflow = event.event_type in OUTFLOW_TYPES
+    if is_outflow and event.amount_minor is not None:
         state.observe_amount(ts, amount, event.counterparty_id)
     x: dict[str, Any] = state.velocity()
     x["event_type"] = event.event_type
     x["amount_minor"] = amount
-    x["is_outflow"] = event.event_type in OUTFLOW_TYPES
+    x["is_outflow"] = is_outflow
     x["is_inflow"] = event.event_type in INFLOW_TYPES
     x["hour"] = event.occurred_at.hour
     x["account_events"] = prior_events

@@ -1,0 +1,1736 @@
+"""Labelled, seeded traffic for txwatch, and the publisher that sends it to Kafka.
+
+Two halves, one direction:
+
+* :func:`generate` is pure: a seeded population of accounts (profiles,
+  favourite merchants, contacts, devices, loans, crowdfunding projects) whose
+  events follow a daily rhythm in *event time*, with labelled scenarios
+  injected at regular intervals. No broker, no wall clock: the same arguments
+  give the same events, byte for byte, which is what benchmarks and backtests
+  need (:func:`write_jsonl` pre-generates a file).
+* :func:`simulate` and :func:`replay` publish with aiokafka: lending events to
+  ``settings.lending_topic``, everything else to ``settings.payments_topic``,
+  keyed by ``account_id``.
+
+Event time is a simulated clock, independent of the wall clock: it starts at
+``start`` and advances by the population's own inter-arrival times (accounts x
+their daily activity x the hour's weight), so every account behaves as a real
+one would whatever the publishing rate. Publishing is paced separately: at
+``rate`` events per second, or (``acceleration``) so that event time runs that
+many times faster than the wall clock, or as fast as possible. The daily
+rhythm is defined in China Standard Time (UTC+8), the currency being CNY, so
+the busiest UTC hours are 11-13 and the quietest 18-21.
+
+A scenario is a function from an :class:`IncidentContext` to the events it
+adds (:class:`PlannedEvent`), registered in :data:`SCENARIOS` with the name of
+the detector expected to catch it. The events a detector should flag carry
+``"label": "<scenario>"`` and are listed in the labels file; context events a
+scenario adds to make its victim plausible (the small payments before a
+spike) are unlabelled, like the background they imitate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import heapq
+import itertools
+import math
+import random
+import statistics
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final, Protocol
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.events import EVENT_TYPES, LENDING_TYPES
+from streams.settings import Settings
+
+__all__ = [
+    "DEFAULT_ACCOUNTS",
+    "DEFAULT_START",
+    "SCENARIOS",
+    "IncidentContext",
+    "PlannedEvent",
+    "ReplayReport",
+    "Scenario",
+    "SimAccount",
+    "SimulationReport",
+    "TrafficGenerator",
+    "amount_spike",
+    "encode",
+    "ensure_topics",
+    "generate",
+    "hourly_weight",
+    "label_record",
+    "message_key",
+    "minor_units",
+    "replay",
+    "simulate",
+    "topic_for",
+    "velocity_burst",
+    "write_jsonl",
+]
+
+CURRENCY: Final = "CNY"
+DEFAULT_ACCOUNTS: Final = 5000
+#: Monday 2024-03-04 00:00 UTC, 08:00 in Shanghai: the morning rise comes first.
+DEFAULT_START: Final = datetime(2024, 3, 4, tzinfo=UTC)
+#: Background events between two rounds of incidents (one per requested scenario).
+DEFAULT_INCIDENT_EVERY: Final = 2000
+#: Index of the event at which the first round of incidents starts.
+DEFAULT_FIRST_INCIDENT_AT: Final = 100
+#: Accounts live in China Standard Time; the daily rhythm below is local time.
+LOCAL_UTC_OFFSET_HOURS: Final = 8
+#: Relative activity by local hour 0-23: asleep at 3-4, lunch, and an evening peak.
+LOCAL_HOURLY_ACTIVITY: Final = (
+    0.55, 0.30, 0.18, 0.12, 0.10, 0.14, 0.30, 0.65, 0.95, 1.15, 1.25, 1.35,
+    1.50, 1.30, 1.15, 1.15, 1.20, 1.30, 1.45, 1.65, 1.85, 1.90, 1.55, 1.00,
+)  # fmt: skip
+_MEAN_LOCAL_ACTIVITY: Final = sum(LOCAL_HOURLY_ACTIVITY) / 24
+#: The same weights by UTC hour, normalised to a mean of 1.
+UTC_HOURLY_WEIGHTS: Final = tuple(
+    LOCAL_HOURLY_ACTIVITY[(hour + LOCAL_UTC_OFFSET_HOURS) % 24] / _MEAN_LOCAL_ACTIVITY
+    for hour in range(24)
+)
+#: Payments an account needs before it can be an ``amount_spike`` victim as is.
+SPIKE_HISTORY: Final = 20
+#: Progress lines are this many seconds apart.
+PROGRESS_EVERY: Final = 2.0
+
+_DAY: Final = 86_400.0
+_HOUR: Final = 3_600.0
+_MONTH_DAYS: Final = 30
+
+
+def hourly_weight(hour_utc: int) -> float:
+    """Relative event rate at this UTC hour (mean 1 over a day)."""
+    return UTC_HOURLY_WEIGHTS[hour_utc % 24]
+
+
+# -- the population ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A kind of customer: how often it acts and how much it moves.
+
+    Parameters
+    ----------
+    name
+        Short identifier, e.g. ``"student"``.
+    share
+        Fraction of the accounts with this profile.
+    events_per_day
+        Mean events per simulated day of such an account (each account draws
+        its own level around it).
+    payment_median_minor
+        Median payment in minor units (each account draws its own around it).
+    payment_sigma
+        Standard deviation of ``log(amount)`` of the account's payments.
+    borrows
+        Probability that the account uses the lending product.
+    backs_projects
+        Relative weight of crowdfunding in the account's activity.
+    age_bands
+        Age bands the holders fall in, with weights.
+    """
+
+    name: str
+    share: float
+    events_per_day: float
+    payment_median_minor: int
+    payment_sigma: float
+    borrows: float
+    backs_projects: float
+    age_bands: tuple[tuple[str, float], ...]
+
+
+PROFILES: Final = (
+    Profile("student", 0.22, 6.0, 2_800, 0.7, 0.10, 1.5,
+            (("18-24", 0.9), ("25-34", 0.1))),
+    Profile("salaried", 0.40, 10.0, 8_500, 0.9, 0.25, 1.0,
+            (("25-34", 0.5), ("35-44", 0.35), ("45-54", 0.15))),
+    Profile("family", 0.16, 14.0, 16_000, 1.0, 0.30, 0.7,
+            (("35-44", 0.5), ("45-54", 0.35), ("55-64", 0.15))),
+    Profile("small_business", 0.12, 30.0, 42_000, 1.1, 0.45, 0.5,
+            (("25-34", 0.3), ("35-44", 0.4), ("45-54", 0.3))),
+    Profile("affluent", 0.06, 8.0, 120_000, 1.0, 0.10, 1.2,
+            (("35-44", 0.3), ("45-54", 0.3), ("55-64", 0.25), ("65+", 0.15))),
+    Profile("retired", 0.04, 4.0, 6_000, 0.8, 0.05, 0.3,
+            (("55-64", 0.4), ("65+", 0.6))),
+)  # fmt: skip
+
+#: Merchant industries: name, relative popularity, ticket size relative to the
+#: account's usual payment.
+INDUSTRIES: Final = (
+    ("groceries", 0.24, 0.7), ("restaurants", 0.20, 0.8), ("transport", 0.12, 0.4),
+    ("utilities", 0.06, 1.6), ("apparel", 0.09, 1.6), ("electronics", 0.05, 3.0),
+    ("travel", 0.04, 4.0), ("education", 0.03, 3.0), ("healthcare", 0.05, 1.5),
+    ("entertainment", 0.06, 1.0), ("gaming", 0.05, 0.5), ("jewelry", 0.01, 5.0),
+)  # fmt: skip
+#: Regions (ISO 3166-2:CN), weight, IPv4 /16 prefixes, national id area codes.
+REGIONS: Final = (
+    ("CN-GD", 0.20, ("113.96", "14.17", "120.230"), ("440300", "440100")),
+    ("CN-SH", 0.14, ("101.80", "116.224"), ("310101", "310115")),
+    ("CN-BJ", 0.12, ("123.112", "111.192"), ("110101", "110105")),
+    ("CN-ZJ", 0.12, ("115.192", "60.176"), ("330100", "330200")),
+    ("CN-JS", 0.11, ("114.222", "58.212"), ("320100", "320500")),
+    ("CN-SC", 0.09, ("171.208", "182.144"), ("510100", "510700")),
+    ("CN-HB", 0.08, ("59.172", "116.211"), ("420100", "420500")),
+    ("CN-SD", 0.08, ("112.224", "27.210"), ("370100", "370200")),
+    ("CN-FJ", 0.06, ("110.80", "27.148"), ("350100", "350200")),
+)  # fmt: skip
+_AGE_BIRTH_YEARS: Final = {
+    "18-24": (2000, 2005), "25-34": (1990, 1999), "35-44": (1980, 1989),
+    "45-54": (1970, 1979), "55-64": (1960, 1969), "65+": (1940, 1959),
+}  # fmt: skip
+#: What an account does, by relative weight; ``crowdfunding`` and ``lending``
+#: are scaled per account (see :class:`Profile`).
+BASE_ACTIVITY: Final = (
+    ("payment", 0.56), ("top_up", 0.09), ("transfer", 0.09), ("withdrawal", 0.04),
+    ("refund", 0.025), ("login", 0.12), ("credential_change", 0.006),
+    ("crowdfunding", 0.012), ("lending", 0.05),
+)  # fmt: skip
+_CHANNELS: Final = (("app", 0.78), ("web", 0.15), ("mini_program", 0.07))
+_CREDENTIAL_KINDS: Final = (("password", 0.5), ("phone", 0.12), ("email", 0.23), ("device", 0.15))
+_PLEDGE_SIZES_MINOR: Final = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000)
+_PLEDGE_WEIGHTS: Final = (10, 14, 22, 24, 14, 9, 5, 2)
+_LOAN_TERMS: Final = (3, 6, 12, 24)
+_BANKS: Final = ("bank-icbc", "bank-ccb", "bank-abc", "bank-boc", "bank-cmb", "bank-bocom")
+_NATIONAL_ID_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def _cumulative(weights: Iterable[float]) -> list[float]:
+    return list(itertools.accumulate(weights))
+
+
+def _pick(rng: random.Random, items: Sequence[tuple[str, float]]) -> str:
+    return rng.choices(items, weights=[w for _, w in items])[0][0]
+
+
+def _money(amount_minor: int) -> str:
+    """Contract form of an amount: major units, exactly two decimals."""
+    return f"{amount_minor // 100}.{amount_minor % 100:02d}"
+
+
+def minor_units(amount: str) -> int:
+    """Integer hundredths of a contract amount string, e.g. ``"48000.5" -> 4800050``."""
+    major, _, cents = amount.partition(".")
+    if not major.isdigit() or len(cents) > 2 or (cents and not cents.isdigit()):
+        message = f"not a contract amount: {amount!r}"
+        raise ValueError(message)
+    return int(major) * 100 + int(cents.ljust(2, "0"))
+
+
+@dataclass(slots=True, eq=False)
+class Merchant:
+    """A merchant accounts pay: its id, industry and ticket-size factor."""
+
+    merchant_id: str
+    industry: str
+    ticket_factor: float
+
+
+@dataclass(slots=True)
+class _Project:
+    project_id: str
+    owner: SimAccount
+    raised_minor: int = 0
+
+
+@dataclass(slots=True)
+class _Loan:
+    loan_id: str
+    principal_minor: int
+    instalment_minor: int
+    term_months: int
+    disbursed_at: float
+    repaid_minor: int = 0
+    #: Probability that a chance to repay is skipped: the risky borrowers fall behind.
+    skips: float = 0.1
+
+    @property
+    def outstanding_minor(self) -> int:
+        return max(0, self.instalment_minor * self.term_months - self.repaid_minor)
+
+    def days_past_due(self, now: float) -> int:
+        covered = self.repaid_minor // max(1, self.instalment_minor)
+        next_due = self.disbursed_at + (covered + 1) * _MONTH_DAYS * _DAY
+        return max(0, math.floor((now - next_due) / _DAY))
+
+
+@dataclass(slots=True)
+class _Application:
+    loan_id: str
+    requested_minor: int
+    term_months: int
+    approved: bool
+
+
+@dataclass(slots=True)
+class SimAccount:
+    """One simulated customer and what the simulation remembers about it."""
+
+    index: int
+    account_id: str
+    profile: Profile
+    activity: float
+    payment_mu: float
+    payment_sigma: float
+    region: str
+    ip_prefix: str
+    devices: list[str]
+    phone: str
+    national_id: str
+    age_band: str
+    favourites: list[Merchant]
+    contacts: list[str]
+    kinds: tuple[str, ...]
+    kind_cumulative: list[float]
+    opened: bool = True
+    loan: _Loan | None = None
+    application: _Application | None = None
+    loans_taken: int = 0
+    project: _Project | None = None
+    pledges: list[tuple[_Project, int]] = field(default_factory=list)
+    recent_payments: deque[tuple[Merchant, int]] = field(default_factory=lambda: deque(maxlen=16))
+    payment_amounts: deque[int] = field(default_factory=lambda: deque(maxlen=64))
+    payments: int = 0
+
+    @property
+    def usual_payment_minor(self) -> int:
+        """Median of its recent payments, or of its profile before it has any."""
+        if self.payment_amounts:
+            return int(statistics.median(self.payment_amounts))
+        return round(math.exp(self.payment_mu))
+
+
+# -- scenarios --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    """An event a scenario adds, before it gets its id and formatted time.
+
+    ``body`` holds ``event_type`` and the type's fields; the envelope
+    (``event_id``, ``occurred_at``, ``account_id``) is added when it is
+    emitted, in event-time order with the background.
+    """
+
+    at: float
+    account_id: str
+    body: dict[str, Any]
+    label: str | None = None
+
+
+ScenarioFunction = Callable[["IncidentContext"], Iterable[PlannedEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A registered injectable pattern.
+
+    Parameters
+    ----------
+    expected_detector
+        Name of the detector that should flag the labelled events (the
+        ``detector`` field of its alerts).
+    inject
+        Builds one incident from an :class:`IncidentContext`.
+    description
+        One line for people.
+    """
+
+    expected_detector: str
+    inject: ScenarioFunction
+    description: str
+
+
+class IncidentContext:
+    """What a scenario function may use to build one incident.
+
+    Parameters
+    ----------
+    traffic
+        The generator the incident goes into.
+    scenario
+        The scenario's registered name, written as the label.
+    rng
+        A random stream of this incident's own, so incidents are reproducible
+        independently of the background.
+    now
+        Event time (epoch seconds) of the last emitted event; planned events
+        must not be earlier.
+    """
+
+    def __init__(
+        self, traffic: TrafficGenerator, scenario: str, rng: random.Random, now: float
+    ) -> None:
+        self.traffic = traffic
+        self.scenario = scenario
+        self.rng = rng
+        self.now = now
+
+    def pick_victim(
+        self, *, with_history: bool = False, profiles: Collection[str] | None = None
+    ) -> SimAccount | None:
+        """An opened account not yet used by an incident, or ``None`` if none fits.
+
+        ``with_history`` chooses among accounts that have made at least
+        :data:`SPIKE_HISTORY` payments so far; ``profiles`` restricts the
+        profile names.
+        """
+        traffic = self.traffic
+        pool = traffic.experienced if with_history else traffic.accounts
+
+        def fits(account: SimAccount) -> bool:
+            return (
+                account.opened
+                and account.index not in traffic.victims
+                and (profiles is None or account.profile.name in profiles)
+            )
+
+        # Victims are few next to the population: rejection sampling first.
+        for _ in range(32):
+            if not pool:
+                return None
+            candidate = pool[self.rng.randrange(len(pool))]
+            if fits(candidate):
+                traffic.victims.add(candidate.index)
+                return candidate
+        eligible = [account for account in pool if fits(account)]
+        if not eligible:
+            return None
+        chosen = eligible[self.rng.randrange(len(eligible))]
+        traffic.victims.add(chosen.index)
+        return chosen
+
+    def any_victim(self) -> SimAccount:
+        """An opened account, preferring ones no incident has used yet."""
+        victim = self.pick_victim()
+        if victim is not None:
+            return victim
+        opened = [account for account in self.traffic.accounts if account.opened]
+        return opened[self.rng.randrange(len(opened))]
+
+    def draw_payment_minor(self, account: SimAccount, sigma: float | None = None) -> int:
+        """A payment amount typical of the account."""
+        spread = account.payment_sigma if sigma is None else sigma
+        return max(100, round(math.exp(self.rng.gauss(account.payment_mu, spread))))
+
+    def distinct_merchants(self, count: int, exclude: Collection[Merchant] = ()) -> list[Merchant]:
+        """``count`` different merchants, none in ``exclude``."""
+        candidates = [m for m in self.traffic.merchants if m not in exclude]
+        return self.rng.sample(candidates, min(count, len(candidates)))
+
+    def new_device_id(self) -> str:
+        return f"dev-{self.rng.getrandbits(48):012x}"
+
+    def foreign_ip(self) -> str:
+        """An address outside the account's usual ranges (a hosting provider's)."""
+        rng = self.rng
+        return f"45.{rng.randrange(8, 160)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+    def payment(
+        self,
+        account: SimAccount,
+        at: float,
+        amount_minor: int,
+        merchant: Merchant,
+        *,
+        labelled: bool = True,
+        channel: str = "app",
+        device_id: str | None = None,
+        ip: str | None = None,
+    ) -> PlannedEvent:
+        """A payment by ``account`` to ``merchant`` at event time ``at``."""
+        if at < self.now:
+            message = f"a planned event cannot go back in event time ({at} < {self.now})"
+            raise ValueError(message)
+        body: dict[str, Any] = {
+            "event_type": "payment",
+            "amount": _money(amount_minor),
+            "currency": CURRENCY,
+            "counterparty_id": merchant.merchant_id,
+            "merchant_id": merchant.merchant_id,
+            "industry": merchant.industry,
+            "channel": channel,
+            "region": account.region,
+            "device_id": device_id or account.devices[0],
+        }
+        if ip is not None:
+            body["ip"] = ip
+        return PlannedEvent(at, account.account_id, body, self.scenario if labelled else None)
+
+
+def velocity_burst(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """15-20 payments within 40 s from one account to as many merchants.
+
+    A taken-over account emptied by a script: a new device, an address outside
+    the account's region, a different merchant for every payment. Every
+    payment is labelled (the velocity detector should flag the burst once its
+    limit is reached).
+    """
+    rng = ctx.rng
+    victim = ctx.any_victim()
+    count = rng.randint(15, 20)
+    span = rng.uniform(20.0, 36.0)
+    begin = ctx.now + rng.uniform(1.0, 30.0)
+    offsets = sorted(rng.uniform(0.0, span) for _ in range(count - 2))
+    offsets = [0.0, *offsets, span]
+    merchants = ctx.distinct_merchants(count, exclude=victim.favourites)
+    device, ip = ctx.new_device_id(), ctx.foreign_ip()
+    for offset, merchant in zip(offsets, merchants, strict=False):
+        amount = ctx.draw_payment_minor(victim)
+        yield ctx.payment(victim, begin + offset, amount, merchant, device_id=device, ip=ip)
+
+
+def amount_spike(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """One payment 60-120x the account's usual, after at least 20 ordinary ones.
+
+    The victim is an account that already has :data:`SPIKE_HISTORY` payments
+    when there is one; otherwise (short runs) the scenario first adds 20-26
+    ordinary small payments to a few favourite merchants, minutes apart, as
+    unlabelled context. Only the spike is labelled.
+    """
+    rng = ctx.rng
+    victim = ctx.pick_victim(with_history=True)
+    at = ctx.now
+    history: list[int] = list(victim.payment_amounts) if victim is not None else []
+    if victim is None:
+        victim = ctx.pick_victim(profiles=("student", "salaried", "retired")) or ctx.any_victim()
+        regulars = victim.favourites[:3]
+        for _ in range(rng.randint(SPIKE_HISTORY, SPIKE_HISTORY + 6)):
+            at += rng.uniform(240.0, 600.0)
+            amount = ctx.draw_payment_minor(victim, sigma=0.35)
+            history.append(amount)
+            yield ctx.payment(victim, at, amount, rng.choice(regulars), labelled=False)
+    usual = max(int(statistics.median(history)), round(math.exp(victim.payment_mu)), 100)
+    # Whole yuan, as a cash-out would be; at least 60x so medians of other samples
+    # of the same account stay far below 1/30 of it.
+    spike = math.ceil(usual * rng.uniform(60.0, 120.0) / 100) * 100
+    big_ticket = [m for m in ctx.traffic.merchants if m.industry in ("electronics", "jewelry")]
+    merchant = rng.choice(big_ticket or ctx.traffic.merchants)
+    yield ctx.payment(victim, at + rng.uniform(300.0, 1800.0), spike, merchant)
+
+
+#: Scenario name -> how to inject it and which detector should catch it.
+SCENARIOS: dict[str, Scenario] = {
+    "velocity_burst": Scenario(
+        "velocity", velocity_burst, "15-20 payments in under 40 s to distinct merchants"
+    ),
+    "amount_spike": Scenario(
+        "amount_outlier", amount_spike, "one payment >= 60x the account's usual"
+    ),
+}
+
+
+# -- the generator ----------------------------------------------------------------------
+
+
+class TrafficGenerator(Iterator[dict[str, Any]]):
+    """Iterator over simulated events in event-time order (see :func:`generate`).
+
+    After iteration, :attr:`incidents` counts the incidents started per
+    scenario and :attr:`now` is the event time of the last event (epoch seconds).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        *,
+        accounts: int = DEFAULT_ACCOUNTS,
+        start: datetime = DEFAULT_START,
+        scenarios: Sequence[str] | None = None,
+        events: int | None = None,
+        incident_every: int = DEFAULT_INCIDENT_EVERY,
+        first_incident_at: int = DEFAULT_FIRST_INCIDENT_AT,
+    ) -> None:
+        if accounts < 10:
+            message = f"accounts must be at least 10, not {accounts}"
+            raise ValueError(message)
+        if start.tzinfo is None:
+            message = f"start must be timezone-aware, not {start.isoformat()}"
+            raise ValueError(message)
+        if events is not None and events < 0:
+            message = f"events must be >= 0, not {events}"
+            raise ValueError(message)
+        if incident_every < 1 or first_incident_at < 0:
+            message = "incident_every must be >= 1 and first_incident_at >= 0"
+            raise ValueError(message)
+        self.scenarios: tuple[str, ...] = _checked_scenarios(scenarios)
+        self.seed = seed
+        self.start = start.astimezone(UTC)
+        self.limit = events
+        self.incident_every = incident_every
+        self.emitted = 0
+        self.incidents: Counter[str] = Counter()
+        self.victims: set[int] = set()
+        self.experienced: list[SimAccount] = []
+        self._rng = random.Random(f"txwatch-traffic/{seed}")
+        self._next_incident_at = first_incident_at
+        self._round = 0
+        self._planned: list[tuple[float, int, PlannedEvent]] = []
+        self._planned_seq = itertools.count()
+        self._id_prefix = f"sim-{seed}-"
+        self._second_cache: tuple[int, str] = (-1, "")
+        self._build_population(random.Random(f"txwatch-population/{seed}"), accounts)
+        self._builders: dict[str, Callable[[SimAccount, float], dict[str, Any]]] = {
+            "payment": self._payment,
+            "top_up": self._top_up,
+            "transfer": self._transfer,
+            "withdrawal": self._withdrawal,
+            "refund": self._refund,
+            "login": self._login,
+            "credential_change": self._credential_change,
+            "crowdfunding": self._crowdfunding,
+            "lending": self._lending,
+        }
+        total_activity = self._activity_cumulative[-1]
+        self._base_rate = total_activity / _DAY  # events per simulated second, mean hour
+        self.now = self.start.timestamp()
+        self._next_background_at = self._advance(self.now)
+
+    # -- population --------------------------------------------------------------------
+    def _build_population(self, rng: random.Random, count: int) -> None:
+        industry_names = [name for name, _, _ in INDUSTRIES]
+        industry_weights = [weight for _, weight, _ in INDUSTRIES]
+        factors = {name: factor for name, _, factor in INDUSTRIES}
+        self.merchants: list[Merchant] = []
+        for number in range(max(60, count // 4)):
+            industry = rng.choices(industry_names, weights=industry_weights)[0]
+            self.merchants.append(Merchant(f"m-{number:06d}", industry, factors[industry]))
+        # A few merchants take most of the payments (Zipf-like popularity).
+        popularity = _cumulative(1.0 / (rank + 1) ** 0.9 for rank in range(len(self.merchants)))
+        self._merchant_cumulative = popularity
+
+        profile_cumulative = _cumulative(p.share for p in PROFILES)
+        region_cumulative = _cumulative(weight for _, weight, _, _ in REGIONS)
+        start_year = self.start.year
+        self.accounts: list[SimAccount] = []
+        for index in range(count):
+            profile = PROFILES[
+                min(
+                    bisect.bisect(profile_cumulative, rng.random() * profile_cumulative[-1]),
+                    len(PROFILES) - 1,
+                )
+            ]
+            region, _, ip_prefixes, areas = REGIONS[
+                min(
+                    bisect.bisect(region_cumulative, rng.random() * region_cumulative[-1]),
+                    len(REGIONS) - 1,
+                )
+            ]
+            age_band = _pick(rng, profile.age_bands)
+            low, high = _AGE_BIRTH_YEARS[age_band]
+            birth_year = min(rng.randint(low, high), start_year - 18)
+            favourites: list[Merchant] = []
+            for _ in range(8):
+                merchant = self._popular_merchant(rng)
+                if merchant not in favourites:
+                    favourites.append(merchant)
+            kinds, weights = self._activity_mix(rng, profile)
+            account = SimAccount(
+                index=index,
+                account_id=f"acct-{index:07d}",
+                profile=profile,
+                activity=profile.events_per_day * rng.lognormvariate(0.0, 0.6),
+                payment_mu=math.log(profile.payment_median_minor) + rng.gauss(0.0, 0.4),
+                payment_sigma=profile.payment_sigma * rng.uniform(0.8, 1.2),
+                region=region,
+                ip_prefix=rng.choice(ip_prefixes),
+                devices=[f"dev-{rng.getrandbits(48):012x}" for _ in range(rng.choice((1, 1, 2)))],
+                phone=f"1{rng.choice('3589')}{rng.randrange(10**9):09d}",
+                national_id=_national_id(rng, rng.choice(areas), birth_year),
+                age_band=age_band,
+                favourites=favourites,
+                contacts=[],
+                kinds=kinds,
+                kind_cumulative=_cumulative(weights),
+                opened=rng.random() > 0.03,
+            )
+            self.accounts.append(account)
+        for account in self.accounts:
+            account.contacts = [
+                f"acct-{rng.randrange(count):07d}" for _ in range(rng.randint(2, 6))
+            ]
+            account.contacts = [c for c in account.contacts if c != account.account_id] or [
+                f"acct-{(account.index + 1) % count:07d}"
+            ]
+        self._activity_cumulative = _cumulative(a.activity for a in self.accounts)
+        self.projects: list[_Project] = []
+        for number in range(max(5, count // 60)):
+            owner = self.accounts[rng.randrange(count)]
+            if owner.project is None:
+                owner.project = _Project(f"proj-{number:05d}", owner)
+                self.projects.append(owner.project)
+                owner.kinds, owner.kind_cumulative = self._owner_mix(owner)
+        self._project_cumulative = _cumulative(
+            1.0 / (rank + 1) ** 0.7 for rank in range(len(self.projects))
+        )
+        now = self.start.timestamp()
+        for account in self.accounts:
+            # Loans taken before the simulation: some borrowers are already behind.
+            if "lending" in account.kinds and rng.random() < 0.5:
+                account.loan = self._existing_loan(rng, account, now)
+
+    def _activity_mix(
+        self, rng: random.Random, profile: Profile
+    ) -> tuple[tuple[str, ...], list[float]]:
+        kinds: list[str] = []
+        weights: list[float] = []
+        borrower = rng.random() < profile.borrows
+        for kind, weight in BASE_ACTIVITY:
+            if kind == "lending" and not borrower:
+                continue
+            if kind == "crowdfunding":
+                weight *= profile.backs_projects
+            kinds.append(kind)
+            weights.append(weight)
+        return tuple(kinds), weights
+
+    @staticmethod
+    def _owner_mix(owner: SimAccount) -> tuple[tuple[str, ...], list[float]]:
+        # Project owners spend part of their activity on their project.
+        weights = [
+            b - a
+            for a, b in zip([0.0, *owner.kind_cumulative], owner.kind_cumulative, strict=False)
+        ]
+        kinds = list(owner.kinds)
+        weights[kinds.index("crowdfunding")] += 0.05
+        return tuple(kinds), _cumulative(weights)
+
+    def _existing_loan(self, rng: random.Random, account: SimAccount, now: float) -> _Loan:
+        account.loans_taken += 1
+        term = rng.choice(_LOAN_TERMS)
+        months_ago = rng.randint(0, term - 1)
+        disbursed = now - (months_ago * _MONTH_DAYS + rng.uniform(1.0, 29.0)) * _DAY
+        principal = self._loan_amount(rng, account)
+        instalment = math.ceil(principal * (1 + 0.012 * term) / term)
+        risky = rng.random() < 0.2
+        paid = max(0, months_ago - rng.randint(1, 7)) if risky else months_ago
+        return _Loan(
+            loan_id=f"loan-{account.index:07d}-{account.loans_taken}",
+            principal_minor=principal,
+            instalment_minor=instalment,
+            term_months=term,
+            disbursed_at=disbursed,
+            repaid_minor=paid * instalment,
+            skips=0.85 if risky else 0.1,
+        )
+
+    @staticmethod
+    def _loan_amount(rng: random.Random, account: SimAccount) -> int:
+        median = 60.0 * math.exp(account.payment_mu)
+        return max(100_000, round(rng.lognormvariate(math.log(median), 0.6) / 10_000) * 10_000)
+
+    def _popular_merchant(self, rng: random.Random) -> Merchant:
+        cumulative = self._merchant_cumulative
+        position = bisect.bisect(cumulative, rng.random() * cumulative[-1])
+        return self.merchants[min(position, len(self.merchants) - 1)]
+
+    # -- the clock ---------------------------------------------------------------------
+    def _advance(self, now: float) -> float:
+        """Next background event time: a Poisson process whose rate follows the hour."""
+        rng = self._rng
+        while True:
+            hour_start = math.floor(now / _HOUR) * _HOUR
+            rate = self._base_rate * UTC_HOURLY_WEIGHTS[int(hour_start // _HOUR) % 24]
+            candidate = now + rng.expovariate(rate)
+            boundary = hour_start + _HOUR
+            if candidate < boundary:
+                return candidate
+            # Memoryless: restart the draw at the hour boundary with its new rate.
+            now = boundary
+
+    def _format(self, epoch: float) -> str:
+        millis = math.floor(epoch * 1000)
+        second, milli = divmod(millis, 1000)
+        cached_second, prefix = self._second_cache
+        if second != cached_second:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second_cache = (second, prefix)
+        return f"{prefix}.{milli:03d}Z"
+
+    def _envelope(self, event_type: str, account: SimAccount, at: float) -> dict[str, Any]:
+        event_id = f"{self._id_prefix}{self.emitted:010d}"
+        return {
+            "event_id": event_id,
+            "event_type": event_type,
+            "occurred_at": self._format(at),
+            "account_id": account.account_id,
+        }
+
+    # -- iteration ---------------------------------------------------------------------
+    def __iter__(self) -> TrafficGenerator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        limit = self.limit
+        if limit is not None and self.emitted >= limit:
+            raise StopIteration
+        if self.emitted == self._next_incident_at:
+            self._start_incidents()
+            self._next_incident_at += self.incident_every
+        planned = self._planned
+        if planned and (
+            planned[0][0] <= self._next_background_at
+            or (limit is not None and len(planned) >= limit - self.emitted)
+        ):
+            event = self._emit_planned(heapq.heappop(planned)[2])
+        else:
+            at = self._next_background_at
+            event = self._background(at)
+            self.now = at
+            self._next_background_at = self._advance(at)
+        self.emitted += 1
+        return event
+
+    @property
+    def next_time(self) -> float:
+        """Event time (epoch seconds) of the event the next call will return."""
+        if self._planned:
+            return min(self._planned[0][0], self._next_background_at)
+        return self._next_background_at
+
+    def _room(self) -> int | None:
+        """Events still free in the budget after those already planned."""
+        if self.limit is None:
+            return None
+        return self.limit - self.emitted - len(self._planned)
+
+    def drain(self) -> Iterator[dict[str, Any]]:
+        """The events still planned (started incidents, follow-ups), then stop.
+
+        For a run stopped by time: labelled incidents are never left half-sent.
+        """
+        while self._planned:
+            event = self._emit_planned(heapq.heappop(self._planned)[2])
+            self.emitted += 1
+            yield event
+
+    def _emit_planned(self, planned: PlannedEvent) -> dict[str, Any]:
+        at = max(planned.at, self.now)
+        self.now = at
+        body = planned.body
+        event: dict[str, Any] = {
+            "event_id": f"{self._id_prefix}{self.emitted:010d}",
+            "event_type": body["event_type"],
+            "occurred_at": self._format(at),
+            "account_id": planned.account_id,
+        }
+        for key, value in body.items():
+            if key != "event_type":
+                event[key] = value
+        if planned.label is not None:
+            event["label"] = planned.label
+        return event
+
+    def _plan(self, planned: PlannedEvent) -> None:
+        heapq.heappush(self._planned, (planned.at, next(self._planned_seq), planned))
+
+    def _start_incidents(self) -> None:
+        for name in self.scenarios:
+            rng = random.Random(f"txwatch-incident/{self.seed}/{self._round}/{name}")
+            context = IncidentContext(self, name, rng, self.now)
+            incident = list(SCENARIOS[name].inject(context))
+            budget = self._room()
+            if not incident or (budget is not None and len(incident) > budget):
+                continue
+            for planned in incident:
+                self._plan(planned)
+            self.incidents[name] += 1
+        self._round += 1
+
+    # -- background events -------------------------------------------------------------
+    def _background(self, at: float) -> dict[str, Any]:
+        rng = self._rng
+        cumulative = self._activity_cumulative
+        account = self.accounts[
+            min(bisect.bisect(cumulative, rng.random() * cumulative[-1]), len(self.accounts) - 1)
+        ]
+        if not account.opened:
+            account.opened = True
+            return self._account_opened(account, at)
+        position = bisect.bisect(
+            account.kind_cumulative, rng.random() * account.kind_cumulative[-1]
+        )
+        kind = account.kinds[min(position, len(account.kinds) - 1)]
+        return self._builders[kind](account, at)
+
+    def _channel(self) -> str:
+        roll = self._rng.random()
+        return "app" if roll < 0.78 else "web" if roll < 0.93 else "mini_program"
+
+    def _device(self, account: SimAccount) -> str:
+        if self._rng.random() < 0.02:
+            return f"dev-{self._rng.getrandbits(48):012x}"  # a new phone, a borrowed laptop
+        devices = account.devices
+        return devices[int(self._rng.random() * len(devices))] if len(devices) > 1 else devices[0]
+
+    def _ip(self, account: SimAccount) -> str:
+        rng = self._rng
+        if rng.random() < 0.05:  # travelling, mobile data
+            network = f"{rng.randrange(1, 224)}.{rng.randrange(256)}"
+            return f"{network}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        return f"{account.ip_prefix}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+    def _payment(self, account: SimAccount, at: float) -> dict[str, Any]:
+        rng = self._rng
+        if rng.random() < 0.8:
+            favourites = account.favourites
+            merchant = favourites[int(rng.random() * len(favourites))]
+        else:
+            merchant = self._popular_merchant(rng)
+        mu = account.payment_mu + math.log(merchant.ticket_factor)
+        amount = max(100, round(math.exp(rng.gauss(mu, account.payment_sigma))))
+        event = self._envelope("payment", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["counterparty_id"] = merchant.merchant_id
+        event["merchant_id"] = merchant.merchant_id
+        event["industry"] = merchant.industry
+        channel = self._channel()
+        event["channel"] = channel
+        event["region"] = account.region
+        if channel != "web":
+            event["device_id"] = self._device(account)
+        account.recent_payments.append((merchant, amount))
+        account.payment_amounts.append(amount)
+        account.payments += 1
+        if account.payments == SPIKE_HISTORY:
+            self.experienced.append(account)
+        return event
+
+    def _round_amount(self, median: float, sigma: float, step_minor: int) -> int:
+        drawn = self._rng.lognormvariate(math.log(median), sigma)
+        return max(1, round(drawn / step_minor)) * step_minor
+
+    def _top_up(self, account: SimAccount, at: float) -> dict[str, Any]:
+        amount = self._round_amount(4.0 * math.exp(account.payment_mu), 0.7, 5_000)
+        event = self._envelope("top_up", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["counterparty_id"] = _BANKS[account.index % len(_BANKS)]
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        return event
+
+    def _transfer(self, account: SimAccount, at: float) -> dict[str, Any]:
+        rng = self._rng
+        median = 3.0 * math.exp(account.payment_mu)
+        if rng.random() < 0.5:
+            amount = self._round_amount(median, 0.8, 1_000)
+        else:
+            amount = max(100, round(rng.lognormvariate(math.log(median), 0.8)))
+        event = self._envelope("transfer", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["counterparty_id"] = account.contacts[rng.randrange(len(account.contacts))]
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        event["device_id"] = self._device(account)
+        return event
+
+    def _withdrawal(self, account: SimAccount, at: float) -> dict[str, Any]:
+        amount = self._round_amount(5.0 * math.exp(account.payment_mu), 0.7, 10_000)
+        event = self._envelope("withdrawal", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["counterparty_id"] = _BANKS[account.index % len(_BANKS)]
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        event["device_id"] = self._device(account)
+        return event
+
+    def _refund(self, account: SimAccount, at: float) -> dict[str, Any]:
+        rng = self._rng
+        if not account.recent_payments:
+            return self._payment(account, at)
+        merchant, paid = account.recent_payments.pop()
+        amount = paid if rng.random() < 0.7 else max(1, round(paid * rng.uniform(0.1, 0.9)))
+        event = self._envelope("refund", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["counterparty_id"] = merchant.merchant_id
+        event["merchant_id"] = merchant.merchant_id
+        event["industry"] = merchant.industry
+        event["region"] = account.region
+        return event
+
+    def _login(self, account: SimAccount, at: float) -> dict[str, Any]:
+        event = self._envelope("login", account, at)
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        event["device_id"] = self._device(account)
+        event["ip"] = self._ip(account)
+        return event
+
+    def _credential_change(self, account: SimAccount, at: float) -> dict[str, Any]:
+        kind = _pick(self._rng, _CREDENTIAL_KINDS)
+        event = self._envelope("credential_change", account, at)
+        event["kind"] = kind
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        device = self._device(account)
+        event["device_id"] = device
+        event["ip"] = self._ip(account)
+        if kind == "device" and device not in account.devices:
+            account.devices.append(device)
+        return event
+
+    def _account_opened(self, account: SimAccount, at: float) -> dict[str, Any]:
+        event = self._envelope("account_opened", account, at)
+        event["phone"] = account.phone
+        event["national_id"] = account.national_id
+        event["age_band"] = account.age_band
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        event["device_id"] = account.devices[0]
+        event["ip"] = self._ip(account)
+        return event
+
+    def _crowdfunding(self, account: SimAccount, at: float) -> dict[str, Any]:
+        rng = self._rng
+        project = account.project
+        if project is not None and project.raised_minor > 0 and rng.random() < 0.5:
+            event = self._envelope("project_payout", account, at)
+            event["amount"] = _money(project.raised_minor)
+            event["currency"] = CURRENCY
+            event["project_id"] = project.project_id
+            event["channel"] = "web"
+            event["region"] = account.region
+            project.raised_minor = 0
+            return event
+        if account.pledges and rng.random() < 0.12:
+            pledged_to, amount = account.pledges.pop(rng.randrange(len(account.pledges)))
+            pledged_to.raised_minor = max(0, pledged_to.raised_minor - amount)
+            event = self._envelope("pledge_refund", account, at)
+            event["amount"] = _money(amount)
+            event["currency"] = CURRENCY
+            event["project_id"] = pledged_to.project_id
+            event["counterparty_id"] = pledged_to.owner.account_id
+            event["region"] = account.region
+            return event
+        cumulative = self._project_cumulative
+        target = self.projects[
+            min(bisect.bisect(cumulative, rng.random() * cumulative[-1]), len(self.projects) - 1)
+        ]
+        amount = rng.choices(_PLEDGE_SIZES_MINOR, weights=_PLEDGE_WEIGHTS)[0]
+        target.raised_minor += amount
+        if len(account.pledges) < 20:
+            account.pledges.append((target, amount))
+        event = self._envelope("pledge", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["project_id"] = target.project_id
+        event["counterparty_id"] = target.owner.account_id
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        return event
+
+    def _lending(self, account: SimAccount, at: float) -> dict[str, Any]:
+        rng = self._rng
+        loan = account.loan
+        if loan is not None:
+            if rng.random() >= loan.skips and rng.random() < 0.6:
+                return self._repayment(account, loan, at)
+            return self._loan_status(account, loan, at)
+        application = account.application
+        if application is None:
+            account.loans_taken += 1
+            application = _Application(
+                loan_id=f"loan-{account.index:07d}-{account.loans_taken}",
+                requested_minor=self._loan_amount(rng, account),
+                term_months=rng.choice(_LOAN_TERMS),
+                approved=rng.random() < 0.7,
+            )
+            account.application = application
+            event = self._envelope("loan_application", account, at)
+            event["amount"] = _money(application.requested_minor)
+            event["currency"] = CURRENCY
+            event["loan_id"] = application.loan_id
+            event["term_months"] = application.term_months
+            event["age_band"] = account.age_band
+            event["phone"] = account.phone
+            event["national_id"] = account.national_id
+            event["channel"] = self._channel()
+            event["region"] = account.region
+            event["device_id"] = self._device(account)
+            return event
+        account.application = None
+        if not application.approved:
+            # Declined: the customer hears nothing on the event stream; it shops instead.
+            return self._payment(account, at)
+        principal = max(100_000, application.requested_minor * rng.choice((10, 10, 10, 8, 5)) // 10)
+        term = application.term_months
+        loan = _Loan(
+            loan_id=application.loan_id,
+            principal_minor=principal,
+            instalment_minor=math.ceil(principal * (1 + 0.012 * term) / term),
+            term_months=term,
+            disbursed_at=at,
+            skips=0.7 if rng.random() < 0.12 else 0.1,
+        )
+        account.loan = loan
+        due = datetime.fromtimestamp(at + term * _MONTH_DAYS * _DAY, UTC).date()
+        event = self._envelope("loan_disbursement", account, at)
+        event["amount"] = _money(principal)
+        event["currency"] = CURRENCY
+        event["loan_id"] = loan.loan_id
+        event["due_date"] = due.isoformat()
+        event["term_months"] = term
+        event["age_band"] = account.age_band
+        if rng.random() < 0.25:
+            event["dealer"] = f"dealer-{rng.randrange(40):03d}"
+        event["region"] = account.region
+        return event
+
+    def _repayment(self, account: SimAccount, loan: _Loan, at: float) -> dict[str, Any]:
+        rng = self._rng
+        roll = rng.random()
+        if roll < 0.7:
+            amount = loan.instalment_minor
+        elif roll < 0.8:
+            amount = loan.instalment_minor * rng.randint(2, 4)  # paying ahead
+        else:
+            amount = max(100, round(loan.instalment_minor * rng.uniform(0.3, 0.9)))
+        amount = min(amount, loan.outstanding_minor)
+        loan.repaid_minor += amount
+        event = self._envelope("loan_repayment", account, at)
+        event["amount"] = _money(amount)
+        event["currency"] = CURRENCY
+        event["loan_id"] = loan.loan_id
+        event["channel"] = self._channel()
+        event["region"] = account.region
+        room = self._room()
+        # The status follows the last repayment, unless the run ends first (this
+        # event takes one place of the room).
+        if loan.outstanding_minor == 0 and (room is None or room > 1):
+            account.loan = None
+            body = {
+                "event_type": "loan_status",
+                "loan_id": loan.loan_id,
+                "status": "repaid",
+                "days_past_due": 0,
+                "outstanding": _money(0),
+                "currency": CURRENCY,
+            }
+            self._plan(PlannedEvent(at + rng.uniform(1.0, 120.0), account.account_id, body))
+        return event
+
+    def _loan_status(self, account: SimAccount, loan: _Loan, at: float) -> dict[str, Any]:
+        days = loan.days_past_due(at)
+        if days > 180:
+            status = "written_off"
+            account.loan = None
+        else:
+            status = "delinquent" if days > 0 else "current"
+        event = self._envelope("loan_status", account, at)
+        event["loan_id"] = loan.loan_id
+        event["status"] = status
+        event["days_past_due"] = days
+        event["outstanding"] = _money(loan.outstanding_minor)
+        event["currency"] = CURRENCY
+        return event
+
+
+def _national_id(rng: random.Random, area: str, birth_year: int) -> str:
+    """A synthetic 18-character resident id with a valid ISO 7064 check character."""
+    body = (
+        f"{area}{birth_year:04d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
+        f"{rng.randrange(1000):03d}"
+    )
+    total = sum(
+        int(digit) * weight for digit, weight in zip(body, _NATIONAL_ID_WEIGHTS, strict=True)
+    )
+    return body + "10X98765432"[total % 11]
+
+
+def _checked_scenarios(scenarios: Sequence[str] | None) -> tuple[str, ...]:
+    if scenarios is None:
+        return tuple(SCENARIOS)
+    if isinstance(scenarios, str):
+        scenarios = (scenarios,)
+    unknown = [name for name in scenarios if name not in SCENARIOS]
+    if unknown:
+        message = f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}"
+        raise ValueError(message)
+    return tuple(dict.fromkeys(scenarios))
+
+
+def generate(
+    seed: int = 0,
+    *,
+    accounts: int = DEFAULT_ACCOUNTS,
+    start: datetime = DEFAULT_START,
+    scenarios: Sequence[str] | None = None,
+    events: int | None = None,
+    incident_every: int = DEFAULT_INCIDENT_EVERY,
+    first_incident_at: int = DEFAULT_FIRST_INCIDENT_AT,
+) -> TrafficGenerator:
+    """Simulated events in the contract, as dicts, in event-time order.
+
+    Pure and deterministic: the same arguments give the same events (ids
+    ``sim-<seed>-<n>`` included, so a second run of a seed is a replay to the
+    worker). Nothing is read from the wall clock.
+
+    Parameters
+    ----------
+    seed
+        Seeds the population, the background and every incident.
+    accounts
+        Size of the population (at least 10).
+    start
+        Event time of the simulation's beginning (timezone-aware).
+    scenarios
+        Names from :data:`SCENARIOS` to inject; ``None`` injects them all, an
+        empty sequence none.
+    events
+        Stop after exactly this many events (incidents that would not fit are
+        not started; started ones always complete); ``None``: endless.
+    incident_every
+        Events between two rounds of incidents; each round starts one incident
+        of every requested scenario, each with its own victim.
+    first_incident_at
+        Index of the event at which the first round starts.
+    """
+    return TrafficGenerator(
+        seed,
+        accounts=accounts,
+        start=start,
+        scenarios=scenarios,
+        events=events,
+        incident_every=incident_every,
+        first_incident_at=first_incident_at,
+    )
+
+
+# -- wire helpers -----------------------------------------------------------------------
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    """The message value: compact UTF-8 JSON."""
+    return orjson.dumps(event)
+
+
+def message_key(account_id: str) -> bytes:
+    """The message key: the account id, so one account stays on one partition."""
+    return account_id.encode()
+
+
+def topic_for(event_type: object, settings: Settings) -> str:
+    """Lending events go to the lending topic, everything else (malformed too) to payments."""
+    return settings.lending_topic if event_type in LENDING_TYPES else settings.payments_topic
+
+
+def label_record(event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The labels-file line of an injected event, ``None`` for background ones."""
+    scenario = event.get("label")
+    if scenario is None:
+        return None
+    registered = SCENARIOS.get(scenario) if isinstance(scenario, str) else None
+    return {
+        "event_id": event["event_id"],
+        "account_id": event["account_id"],
+        "scenario": scenario,
+        "expected_detector": registered.expected_detector if registered else None,
+        "occurred_at": event["occurred_at"],
+    }
+
+
+def write_jsonl(
+    events: Iterable[Mapping[str, Any]], path: Path, *, labels_path: Path | None = None
+) -> int:
+    """Write events as JSON Lines (and their labels, if asked); return the count."""
+    count = 0
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(Path(path).open("wb"))
+        labels = stack.enter_context(Path(labels_path).open("wb")) if labels_path else None
+        for event in events:
+            out.write(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+            if labels is not None:
+                record = label_record(event)
+                if record is not None:
+                    labels.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            count += 1
+    return count
+
+
+# -- publishing -------------------------------------------------------------------------
+
+
+class Producer(Protocol):
+    """The part of :class:`aiokafka.AIOKafkaProducer` the publisher uses."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[Any]: ...
+
+
+ProducerFactory = Callable[[Settings], Producer]
+Progress = Callable[[str], None]
+
+
+def kafka_producer(settings: Settings) -> Producer:
+    """The simulator's producer: batched for throughput, acknowledged by all replicas."""
+    producer: Producer = AIOKafkaProducer(
+        bootstrap_servers=settings.broker,
+        client_id="txwatch-simulator",
+        acks="all",
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+    )
+    return producer
+
+
+async def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
+    """Create the missing ``topics`` with ``settings.partitions``; return those created.
+
+    The replication factor is the number of brokers, at most 3. A topic
+    created meanwhile by someone else counts as existing.
+    """
+    wanted = list(dict.fromkeys(topics))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, client_id="txwatch-simulator")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in wanted if topic not in existing]
+        if not missing:
+            return []
+        cluster = await admin.describe_cluster()
+        replication = max(1, min(3, len(cluster.get("brokers") or ())))
+        response = await admin.create_topics(
+            [NewTopic(topic, settings.partitions, replication) for topic in missing]
+        )
+        created = []
+        for topic, code, *detail in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            elif code != TopicAlreadyExistsError.errno:
+                message = f"cannot create topic {topic!r}: error {code} {detail}"
+                raise RuntimeError(message)
+        return created
+    finally:
+        await admin.close()
+
+
+class _Publisher:
+    """Sends messages on a drift-free schedule, counts deliveries, reports progress."""
+
+    def __init__(
+        self,
+        producer: Producer,
+        *,
+        rate: float | None,
+        acceleration: float | None,
+        progress: Progress | None,
+        name: str,
+    ) -> None:
+        self.producer = producer
+        self.rate = rate
+        self.acceleration = acceleration
+        self.progress = progress
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
+        self.sent = 0
+        self.delivered = 0
+        self.failed = 0
+        self.first_error: str | None = None
+        self.by_topic: Counter[str] = Counter()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._first_event_time: float | None = None
+        self._last_report = self.started
+        self._sent_at_last_report = 0
+
+    def due(self, event_time: float | None) -> float:
+        """Monotonic time at which the next message should leave (absolute: no drift)."""
+        if self.rate is not None:
+            return self.started + self.sent / self.rate
+        if self.acceleration is not None and event_time is not None:
+            if self._first_event_time is None:
+                self._first_event_time = event_time
+            return self.started + (event_time - self._first_event_time) / self.acceleration
+        return self.started
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, event_time: float | None = None
+    ) -> None:
+        delay = self.due(event_time) - self.loop.time()
+        if delay > 0.002:
+            await asyncio.sleep(delay)
+        elif self.sent % 512 == 0:
+            # Let the producer's sender task run even when never ahead of schedule.
+            await asyncio.sleep(0)
+        future = await self.producer.send(topic, value=value, key=key)
+        self._pending.add(future)
+        future.add_done_callback(self._settled)
+        self.sent += 1
+        self.by_topic[topic] += 1
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if future.cancelled():
+            error: BaseException | None = asyncio.CancelledError()
+        else:
+            error = future.exception()
+        if error is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = f"{type(error).__name__}: {error}"
+
+    def report_due(self) -> bool:
+        return self.progress is not None and self.loop.time() - self._last_report >= PROGRESS_EVERY
+
+    def report(self, detail: str) -> None:
+        if self.progress is None:
+            return
+        now = self.loop.time()
+        window = max(now - self._last_report, 1e-9)
+        recent_rate = (self.sent - self._sent_at_last_report) / window
+        self._last_report, self._sent_at_last_report = now, self.sent
+        self.progress(
+            f"{self.name}: {self.sent:,} sent, {recent_rate:,.0f}/s"
+            f"{', ' + detail if detail else ''}"
+        )
+
+    async def finish(self) -> None:
+        await self.producer.flush()
+        if self._pending:
+            await asyncio.wait(set(self._pending))
+
+    @property
+    def elapsed(self) -> float:
+        return self.loop.time() - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationReport:
+    """What :func:`simulate` sent.
+
+    ``sent`` messages were handed to the producer; ``delivered`` were
+    acknowledged by the broker and ``failed`` were not (``first_error`` says
+    why). ``incidents`` counts incidents per scenario, ``labelled`` the
+    labelled events among those sent.
+    """
+
+    sent: int
+    delivered: int
+    failed: int
+    by_topic: Mapping[str, int]
+    by_type: Mapping[str, int]
+    incidents: Mapping[str, int]
+    labelled: int
+    elapsed_seconds: float
+    first_occurred_at: str | None
+    last_occurred_at: str | None
+    topics_created: tuple[str, ...] = ()
+    labels_path: Path | None = None
+    first_error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        """Events per wall-clock second over the run."""
+        return self.sent / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        topics = ", ".join(f"{topic}={count:,}" for topic, count in sorted(self.by_topic.items()))
+        incidents = ", ".join(f"{name}={n}" for name, n in sorted(self.incidents.items())) or "none"
+        lines = [
+            f"simulated {self.sent:,} events in {self.elapsed_seconds:.1f} s "
+            f"({self.rate:,.0f}/s): {self.delivered:,} delivered, {self.failed:,} failed",
+            f"  topics: {topics or 'none'}",
+            f"  event time: {self.first_occurred_at} .. {self.last_occurred_at}",
+            f"  incidents: {incidents}; {self.labelled:,} labelled events"
+            + (f" -> {self.labels_path}" if self.labels_path else ""),
+        ]
+        if self.topics_created:
+            lines.append(f"  created topics: {', '.join(self.topics_created)}")
+        if self.first_error:
+            lines.append(f"  first error: {self.first_error}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What :func:`replay` sent.
+
+    ``unparseable`` lines (not JSON, or not a JSON object) and ``unknown_type``
+    lines (an object whose ``event_type`` is not in the contract) were sent to
+    the payments topic anyway, for the worker to dead-letter; ``blank`` lines
+    were skipped.
+    """
+
+    lines: int
+    sent: int
+    delivered: int
+    failed: int
+    unparseable: int
+    unknown_type: int
+    blank: int
+    by_topic: Mapping[str, int]
+    elapsed_seconds: float
+    topics_created: tuple[str, ...] = ()
+    first_error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        topics = ", ".join(f"{topic}={count:,}" for topic, count in sorted(self.by_topic.items()))
+        text = (
+            f"replayed {self.sent:,} of {self.lines:,} lines in {self.elapsed_seconds:.1f} s "
+            f"({self.rate:,.0f}/s): {self.delivered:,} delivered, {self.failed:,} failed, "
+            f"{self.unparseable:,} unparseable, {self.unknown_type:,} unknown type, "
+            f"{self.blank:,} blank skipped\n  topics: {topics or 'none'}"
+        )
+        if self.first_error:
+            text += f"\n  first error: {self.first_error}"
+        return text
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        message = f"{name} must be positive, not {value!r}"
+        raise ValueError(message)
+
+
+async def simulate(
+    settings: Settings,
+    rate: float | None = None,
+    duration: float | None = None,
+    events: int | None = None,
+    seed: int = 0,
+    scenarios: Sequence[str] | None = None,
+    labels_path: Path | None = None,
+    progress: Progress | None = None,
+    *,
+    accounts: int = DEFAULT_ACCOUNTS,
+    start: datetime | None = None,
+    acceleration: float | None = None,
+    incident_every: int = DEFAULT_INCIDENT_EVERY,
+    create_topics: bool = True,
+    producer_factory: ProducerFactory = kafka_producer,
+) -> SimulationReport:
+    """Publish simulated traffic until ``duration`` seconds or ``events`` events.
+
+    Parameters
+    ----------
+    settings
+        Broker, topics and partitions.
+    rate
+        Events per second, scheduled against the monotonic clock (no drift);
+        ``None``: as fast as possible, unless ``acceleration`` is given.
+    duration
+        Stop after this many seconds (incidents already started are completed).
+    events
+        Stop after exactly this many events. With neither limit: until cancelled.
+    seed, scenarios, accounts, incident_every
+        As for :func:`generate`.
+    labels_path
+        Write one JSON line per labelled event sent.
+    progress
+        Called with a line of text about every 2 s.
+    start
+        Event time of the first event (default :data:`DEFAULT_START`).
+    acceleration
+        Instead of ``rate``: pace by event time, this many simulated seconds
+        per wall-clock second (the daily rhythm then shows in the send rate).
+    create_topics
+        Create the input topics first if missing.
+    producer_factory
+        Builds the producer (tests pass a fake).
+    """
+    _positive("rate", rate)
+    _positive("duration", duration)
+    _positive("acceleration", acceleration)
+    if rate is not None and acceleration is not None:
+        message = "give rate or acceleration, not both"
+        raise ValueError(message)
+    traffic = generate(
+        seed,
+        accounts=accounts,
+        start=start or DEFAULT_START,
+        scenarios=scenarios,
+        events=events,
+        incident_every=incident_every,
+    )
+    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
+    producer = producer_factory(settings)
+    await producer.start()
+    by_type: Counter[str] = Counter()
+    labelled = 0
+    first_at: str | None = None
+    last_at: str | None = None
+    try:
+        publisher = _Publisher(
+            producer, rate=rate, acceleration=acceleration, progress=progress, name="simulate"
+        )
+        deadline = None if duration is None else publisher.started + duration
+        with contextlib.ExitStack() as stack:
+            labels: IO[bytes] | None = (
+                stack.enter_context(Path(labels_path).open("wb")) if labels_path else None
+            )
+
+            async def send(event: dict[str, Any]) -> None:
+                nonlocal labelled, first_at, last_at
+                await publisher.send(
+                    topic_for(event["event_type"], settings),
+                    message_key(event["account_id"]),
+                    encode(event),
+                    traffic.now,
+                )
+                by_type[event["event_type"]] += 1
+                if first_at is None:
+                    first_at = event["occurred_at"]
+                last_at = event["occurred_at"]
+                record = label_record(event)
+                if record is not None:
+                    labelled += 1
+                    if labels is not None:
+                        labels.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+                if publisher.report_due():
+                    publisher.report(_simulation_detail(traffic, last_at))
+
+            while True:
+                # Stop before pulling an event that would leave after the deadline,
+                # so no event (no labelled one either) is generated and dropped.
+                if deadline is not None and (
+                    max(publisher.loop.time(), publisher.due(traffic.next_time)) >= deadline
+                ):
+                    break
+                event = next(traffic, None)
+                if event is None:
+                    break
+                await send(event)
+            for event in traffic.drain():
+                await send(event)
+        await publisher.finish()
+        publisher.report(_simulation_detail(traffic, last_at))
+    finally:
+        await producer.stop()
+    return SimulationReport(
+        sent=publisher.sent,
+        delivered=publisher.delivered,
+        failed=publisher.failed,
+        by_topic=dict(publisher.by_topic),
+        by_type=dict(by_type),
+        incidents=dict(traffic.incidents),
+        labelled=labelled,
+        elapsed_seconds=publisher.elapsed,
+        first_occurred_at=first_at,
+        last_occurred_at=last_at,
+        topics_created=tuple(created),
+        labels_path=labels_path,
+        first_error=publisher.first_error,
+    )
+
+
+def _simulation_detail(traffic: TrafficGenerator, occurred_at: str | None) -> str:
+    incidents = " ".join(f"{name}={traffic.incidents[name]}" for name in traffic.scenarios)
+    return f"event time {occurred_at}, incidents {incidents or 'none'}"
+
+
+def _route_line(raw: bytes, settings: Settings) -> tuple[str, bytes | None, str]:
+    """Topic, key and kind (``event``, ``unparseable``, ``unknown_type``) of one line."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return settings.payments_topic, None, "unparseable"
+    if not isinstance(document, dict):
+        return settings.payments_topic, None, "unparseable"
+    account_id = document.get("account_id")
+    key = account_id.encode() if isinstance(account_id, str) and account_id else None
+    event_type = document.get("event_type")
+    kind = "event" if isinstance(event_type, str) and event_type in EVENT_TYPES else "unknown_type"
+    return topic_for(event_type, settings), key, kind
+
+
+async def replay(
+    settings: Settings,
+    path: Path,
+    rate: float | None = None,
+    progress: Progress | None = None,
+    *,
+    create_topics: bool = True,
+    producer_factory: ProducerFactory = kafka_producer,
+) -> ReplayReport:
+    """Publish a JSON Lines file, each line's bytes unchanged, routed by its ``event_type``.
+
+    Lines that are not a contract event are published to the payments topic
+    all the same, so the worker dead-letters them with its reason; blank lines
+    are skipped. Event times are the file's own.
+
+    Parameters
+    ----------
+    settings
+        Broker, topics and partitions.
+    path
+        The JSON Lines file (the line terminator is not part of the message).
+    rate
+        Lines per second on a drift-free schedule; ``None``: as fast as possible.
+    progress
+        Called with a line of text about every 2 s.
+    create_topics, producer_factory
+        As for :func:`simulate`.
+    """
+    _positive("rate", rate)
+    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
+    producer = producer_factory(settings)
+    await producer.start()
+    kinds: Counter[str] = Counter()
+    lines = 0
+    try:
+        publisher = _Publisher(
+            producer, rate=rate, acceleration=None, progress=progress, name="replay"
+        )
+        with Path(path).open("rb") as source:
+            for line in source:
+                lines += 1
+                raw = line[:-1] if line.endswith(b"\n") else line
+                if not raw.strip():
+                    kinds["blank"] += 1
+                    continue
+                topic, key, kind = _route_line(raw, settings)
+                kinds[kind] += 1
+                await publisher.send(topic, key, raw)
+                if publisher.report_due():
+                    publisher.report(f"{kinds['unparseable']:,} unparseable")
+        await publisher.finish()
+        publisher.report(f"{kinds['unparseable']:,} unparseable")
+    finally:
+        await producer.stop()
+    return ReplayReport(
+        lines=lines,
+        sent=publisher.sent,
+        delivered=publisher.delivered,
+        failed=publisher.failed,
+        unparseable=kinds["unparseable"],
+        unknown_type=kinds["unknown_type"],
+        blank=kinds["blank"],
+        by_topic=dict(publisher.by_topic),
+        elapsed_seconds=publisher.elapsed,
+        topics_created=tuple(created),
+        first_error=publisher.first_error,
+    )

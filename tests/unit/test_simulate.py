@@ -1,0 +1,468 @@
+"""The simulator: seeded realistic traffic, labelled scenarios, routing and pacing.
+
+No broker here: :func:`streams.simulate.generate` is pure, and ``simulate`` /
+``replay`` run against an in-memory producer. The Kafka round trip is in
+``tests/integration/test_simulate_kafka.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import itertools
+import re
+import statistics
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from streams import simulate as sim
+from streams.events import EVENT_TYPES, LENDING_TYPES, Event
+from streams.settings import Settings
+
+SETTINGS = Settings(payments_topic="t.payments", lending_topic="t.lending")
+
+#: What the simulator promises beyond the contract: always two decimals.
+AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,14})\.[0-9]{2}$")
+OCCURRED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+WITH_AMOUNT = EVENT_TYPES - {"loan_status", "account_opened", "login", "credential_change"}
+REQUIRED_EXTRA = {
+    "transfer": {"counterparty_id"},
+    "loan_application": {"loan_id"},
+    "loan_disbursement": {"loan_id"},
+    "loan_repayment": {"loan_id"},
+    "loan_status": {"loan_id", "status"},
+    "pledge": {"project_id"},
+    "pledge_refund": {"project_id"},
+    "project_payout": {"project_id"},
+    "credential_change": {"kind"},
+}
+CREDENTIAL_KINDS = {"password", "phone", "email", "device"}
+SHORT_STRINGS = (
+    "event_id", "account_id", "counterparty_id", "merchant_id", "loan_id", "project_id",
+    "device_id", "channel", "region", "industry", "ip", "phone", "national_id", "age_band",
+)  # fmt: skip
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def contract_problems(event: dict[str, Any]) -> list[str]:
+    """Event contract v1 (docs/design.md) checked field by field, without the codec."""
+    problems = []
+    kind = event.get("event_type")
+    if kind not in EVENT_TYPES:
+        return [f"unknown event_type {kind!r}"]
+    for name in ("event_id", "event_type", "occurred_at", "account_id"):
+        if not isinstance(event.get(name), str) or not event[name]:
+            problems.append(f"{name} missing")
+    if not OCCURRED_AT.match(event.get("occurred_at", "")):
+        problems.append(f"occurred_at {event.get('occurred_at')!r}")
+    for name in SHORT_STRINGS:
+        if name in event and not (isinstance(event[name], str) and 0 < len(event[name]) <= 128):
+            problems.append(f"{name} {event[name]!r}")
+    if kind in WITH_AMOUNT:
+        if not AMOUNT.match(str(event.get("amount"))) or not isinstance(event.get("amount"), str):
+            problems.append(f"amount {event.get('amount')!r}")
+        if event.get("currency") != "CNY":
+            problems.append(f"currency {event.get('currency')!r}")
+    elif "amount" in event:
+        problems.append(f"{kind} carries an amount")
+    missing = REQUIRED_EXTRA.get(kind, set()) - event.keys()
+    if missing:
+        problems.append(f"missing {sorted(missing)}")
+    if kind == "loan_status":
+        if event["status"] not in {"current", "delinquent", "repaid", "written_off"}:
+            problems.append(f"status {event['status']!r}")
+        dpd = event.get("days_past_due", 0)
+        if type(dpd) is not int or dpd < 0:
+            problems.append(f"days_past_due {dpd!r}")
+        if "outstanding" in event and (
+            not AMOUNT.match(event["outstanding"]) or "currency" not in event
+        ):
+            problems.append(f"outstanding {event['outstanding']!r}")
+    if kind == "loan_disbursement" and "due_date" in event:
+        date.fromisoformat(event["due_date"])
+    if "term_months" in event and not (
+        type(event["term_months"]) is int and 1 <= event["term_months"] <= 600
+    ):
+        problems.append(f"term_months {event['term_months']!r}")
+    if kind == "credential_change" and event["kind"] not in CREDENTIAL_KINDS:
+        problems.append(f"kind {event['kind']!r}")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[dict[str, Any]]:
+    """Two and a half simulated days of 800 accounts with all scenarios."""
+    return list(sim.generate(11, accounts=800, events=40_000, incident_every=1_500))
+
+
+def labelled(events: list[dict[str, Any]], scenario: str) -> dict[str, list[dict[str, Any]]]:
+    by_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        if event.get("label") == scenario:
+            by_account[event["account_id"]].append(event)
+    return by_account
+
+
+# -- the generator ----------------------------------------------------------------------
+
+
+def test_a_seed_gives_the_same_events_and_another_seed_others():
+    first = list(sim.generate(3, accounts=300, events=3_000))
+    again = list(sim.generate(3, accounts=300, events=3_000))
+    other = list(sim.generate(4, accounts=300, events=3_000))
+    assert orjson.dumps(first) == orjson.dumps(again)
+    assert [e["account_id"] for e in first] != [e["account_id"] for e in other]
+
+
+def test_events_have_unique_ids_and_run_forward_in_event_time(sample):
+    assert len({e["event_id"] for e in sample}) == len(sample)
+    times = [parse_time(e["occurred_at"]) for e in sample]
+    assert times == sorted(times)
+    assert times[0] >= sim.DEFAULT_START
+    # ~14 events per account per day: 40,000 events of 800 accounts span days.
+    assert timedelta(days=2) < times[-1] - times[0] < timedelta(days=6)
+
+
+def test_start_time_is_configurable_and_must_be_aware():
+    start = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    events = list(sim.generate(1, accounts=50, start=start, events=10))
+    assert all(parse_time(e["occurred_at"]) >= start for e in events)
+    assert events[0]["occurred_at"].startswith("2025-06-01T12:")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        sim.generate(1, start=datetime(2025, 6, 1))  # noqa: DTZ001 - the naive time is the point
+
+
+def test_daily_rhythm_busy_evening_hours_outnumber_the_night():
+    start = sim.DEFAULT_START
+    end = start + timedelta(days=3)
+    events = itertools.takewhile(
+        lambda e: parse_time(e["occurred_at"]) < end,
+        sim.generate(5, accounts=500, scenarios=()),
+    )
+    by_hour = Counter(parse_time(e["occurred_at"]).hour for e in events)
+    # 20:00-22:00 in Shanghai is 12:00-14:00 UTC; 03:00-05:00 there is 19:00-21:00 UTC.
+    busy = by_hour[12] + by_hour[13]
+    night = by_hour[19] + by_hour[20]
+    assert busy > 5 * night > 0
+    assert max(by_hour, key=by_hour.__getitem__) in {11, 12, 13}
+
+
+def test_the_population_does_everything_the_contract_knows(sample):
+    kinds = Counter(e["event_type"] for e in sample)
+    assert set(kinds) == EVENT_TYPES
+    assert kinds["payment"] > 0.4 * len(sample)
+    statuses = {e["status"] for e in sample if e["event_type"] == "loan_status"}
+    assert {"current", "delinquent"} <= statuses
+    assert any(e.get("days_past_due", 0) > 30 for e in sample if e["event_type"] == "loan_status")
+    assert all("due_date" in e for e in sample if e["event_type"] == "loan_disbursement")
+    assert all("device_id" in e and "ip" in e for e in sample if e["event_type"] == "login")
+
+
+def test_every_event_follows_the_contract(sample):
+    problems = {e["event_id"]: p for e in sample if (p := contract_problems(e))}
+    assert not problems
+
+
+def test_every_event_decodes_without_a_dead_letter(sample):
+    if importlib.util.find_spec("streams.codec") is None:
+        pytest.skip("streams/codec.py is not in this checkout yet: the decoder cannot be run")
+    codec = importlib.import_module("streams.codec")
+    decoder = codec.Decoder(pii_key=b"k", max_message_bytes=65536)
+    dead = []
+    for event in sample:
+        decoded = decoder.decode(sim.encode(event), "t.payments", 0, 0)
+        if not isinstance(decoded, Event):
+            dead.append((event["event_id"], decoded.reason, decoded.detail))
+        elif decoded.amount_minor is not None:
+            assert sim.minor_units(event["amount"]) == decoded.amount_minor
+    assert not dead[:5]
+
+
+def test_amounts_are_log_normal_per_account_not_one_global_distribution(sample):
+    payments: dict[str, list[int]] = defaultdict(list)
+    for event in sample:
+        if event["event_type"] == "payment" and "label" not in event:
+            payments[event["account_id"]].append(sim.minor_units(event["amount"]))
+    medians = sorted(statistics.median(v) for v in payments.values() if len(v) >= 10)
+    # Students and small businesses: account medians an order of magnitude apart.
+    assert medians[-len(medians) // 10] > 10 * medians[len(medians) // 10]
+
+
+def test_velocity_burst_is_fifteen_payments_in_forty_seconds_to_distinct_merchants(sample):
+    bursts = labelled(sample, "velocity_burst")
+    assert len(bursts) >= 20
+    for account, events in bursts.items():
+        times = [parse_time(e["occurred_at"]) for e in events]
+        assert len(events) >= 15, account
+        assert max(times) - min(times) <= timedelta(seconds=40), account
+        assert {e["event_type"] for e in events} == {"payment"}
+        assert len({e["counterparty_id"] for e in events}) == len(events), account
+
+
+def test_amount_spike_is_thirty_times_the_accounts_median_after_twenty_payments(sample):
+    spikes = labelled(sample, "amount_spike")
+    assert len(spikes) >= 20
+    for account, (spike,) in spikes.items():
+        others = [
+            e for e in sample
+            if e["account_id"] == account and e["event_type"] == "payment" and "label" not in e
+        ]  # fmt: skip
+        before = [e for e in others if e["occurred_at"] < spike["occurred_at"]]
+        assert len(before) >= 20, account
+        median = statistics.median(sim.minor_units(e["amount"]) for e in others)
+        assert sim.minor_units(spike["amount"]) >= 30 * median, account
+
+
+def test_spike_victims_come_from_history_once_accounts_have_some(sample):
+    # Early spikes bring their own 20+ ordinary payments; later ones find an account
+    # that made them on its own: its first payments are not right before the spike.
+    spikes = labelled(sample, "amount_spike")
+    spread = []
+    for account, (spike,) in spikes.items():
+        history = [
+            parse_time(e["occurred_at"]) for e in sample
+            if e["account_id"] == account and e["event_type"] == "payment" and "label" not in e
+        ]  # fmt: skip
+        spread.append(parse_time(spike["occurred_at"]) - min(history))
+    assert min(spread) < timedelta(hours=5) < timedelta(hours=12) < max(spread)
+
+
+def test_labels_name_the_expected_detector_and_match_the_events(tmp_path, sample):
+    events_path, labels_path = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
+    assert sim.write_jsonl(sample, events_path, labels_path=labels_path) == len(sample)
+    written = [orjson.loads(line) for line in events_path.read_bytes().splitlines()]
+    assert written == sample
+    labels = [orjson.loads(line) for line in labels_path.read_bytes().splitlines()]
+    expected = [
+        {
+            "event_id": e["event_id"],
+            "account_id": e["account_id"],
+            "scenario": e["label"],
+            "expected_detector": {"velocity_burst": "velocity", "amount_spike": "amount_outlier"}[
+                e["label"]
+            ],
+            "occurred_at": e["occurred_at"],
+        }
+        for e in written
+        if "label" in e
+    ]
+    assert labels == expected
+    assert {label["scenario"] for label in labels} == {"velocity_burst", "amount_spike"}
+
+
+def test_an_event_budget_is_exact_and_never_cuts_an_incident_short():
+    for budget in (40, 150, 600):
+        traffic = sim.generate(2, accounts=200, events=budget, first_incident_at=10)
+        events = list(traffic)
+        assert len(events) == budget
+        bursts = labelled(events, "velocity_burst")
+        assert len(bursts) == traffic.incidents["velocity_burst"] == 1
+        assert all(len(b) >= 15 for b in bursts.values())
+        # An incident that does not fit in what is left of the budget is not started.
+        assert len(labelled(events, "amount_spike")) == traffic.incidents["amount_spike"]
+    assert traffic.incidents["amount_spike"] == 1
+
+
+def test_scenarios_can_be_chosen_and_unknown_ones_are_refused():
+    events = list(sim.generate(1, accounts=100, events=2_000, scenarios=["velocity_burst"]))
+    assert {e.get("label") for e in events} == {None, "velocity_burst"}
+    assert not any("label" in e for e in sim.generate(1, accounts=100, events=2_000, scenarios=()))
+    with pytest.raises(ValueError, match="unknown scenario"):
+        sim.generate(1, scenarios=["card_testing"])
+
+
+def test_a_new_scenario_plugs_in_through_the_registry(monkeypatch):
+    def dormant_reactivation(ctx: sim.IncidentContext):
+        victim = ctx.any_victim()
+        merchant = ctx.distinct_merchants(1)[0]
+        yield ctx.payment(victim, ctx.now + 60, 5_000_000, merchant)
+
+    monkeypatch.setitem(
+        sim.SCENARIOS, "dormant", sim.Scenario("dormancy", dormant_reactivation, "test")
+    )
+    events = list(sim.generate(1, accounts=100, events=500, scenarios=["dormant"]))
+    (injected,) = [e for e in events if "label" in e]
+    assert injected["amount"] == "50000.00"
+    assert sim.label_record(injected)["expected_detector"] == "dormancy"
+
+
+# -- routing ------------------------------------------------------------------------------
+
+
+def test_lending_goes_to_the_lending_topic_and_the_rest_to_payments():
+    for kind in EVENT_TYPES:
+        expected = "t.lending" if kind in LENDING_TYPES else "t.payments"
+        assert sim.topic_for(kind, SETTINGS) == expected
+    assert sim.topic_for(None, SETTINGS) == "t.payments"
+    assert sim.message_key("acct-0000042") == b"acct-0000042"
+
+
+# -- publishing, against an in-memory producer -------------------------------------------
+
+
+class MemoryProducer:
+    """Records what would have been sent; every send is acknowledged at once."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes | None, bytes]] = []
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def flush(self) -> None:
+        pass
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None
+    ) -> asyncio.Future[Any]:
+        assert value is not None
+        self.messages.append((topic, key, value))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def memory(holder: list[MemoryProducer]):
+    def factory(settings: Settings) -> MemoryProducer:
+        producer = MemoryProducer()
+        holder.append(producer)
+        return producer
+
+    return factory
+
+
+async def test_simulate_routes_keys_and_labels_what_it_sends(tmp_path):
+    producers: list[MemoryProducer] = []
+    labels_path = tmp_path / "labels.jsonl"
+    report = await sim.simulate(
+        SETTINGS, None, None, 3_000, 9, None, labels_path, None,
+        accounts=300, create_topics=False, producer_factory=memory(producers),
+    )  # fmt: skip
+    (producer,) = producers
+    assert producer.started and producer.stopped
+    assert report.sent == report.delivered == len(producer.messages) == 3_000
+    assert report.failed == 0
+    sent = [orjson.loads(value) for _, _, value in producer.messages]
+    assert sent == list(sim.generate(9, accounts=300, events=3_000))
+    for (topic, key, _), event in zip(producer.messages, sent, strict=True):
+        assert topic == ("t.lending" if event["event_type"] in LENDING_TYPES else "t.payments")
+        assert key == event["account_id"].encode()
+    assert report.by_topic == dict(Counter(topic for topic, _, _ in producer.messages))
+    assert report.by_type == dict(Counter(e["event_type"] for e in sent))
+    labels = [orjson.loads(line) for line in labels_path.read_bytes().splitlines()]
+    assert [label["event_id"] for label in labels] == [e["event_id"] for e in sent if "label" in e]
+    assert report.labelled == len(labels) > 15
+    assert report.incidents == {"velocity_burst": 2, "amount_spike": 2}
+    assert report.first_occurred_at == sent[0]["occurred_at"]
+    assert "3,000 delivered" in str(report)
+
+
+async def test_simulate_at_a_rate_keeps_to_the_schedule(monkeypatch):
+    monkeypatch.setattr(sim, "PROGRESS_EVERY", 0.1)
+    lines: list[str] = []
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    report = await sim.simulate(
+        SETTINGS, 2_000.0, None, 1_000, 1, (), None, lines.append,
+        accounts=100, create_topics=False, producer_factory=memory([]),
+    )  # fmt: skip
+    elapsed = loop.time() - began
+    # 1,000 events at 2,000/s: the last leaves at 0.5 s, never earlier.
+    assert report.sent == 1_000
+    assert 0.49 <= elapsed < 2.0
+    assert len(lines) >= 3
+    assert lines[-1].startswith("simulate: 1,000 sent")
+    assert "incidents none" in lines[-1]
+
+
+async def test_simulate_for_a_duration_finishes_the_incidents_it_started():
+    producers: list[MemoryProducer] = []
+    report = await sim.simulate(
+        SETTINGS, 1_000.0, 0.4, None, 2, None, None, None,
+        accounts=300, create_topics=False, producer_factory=memory(producers),
+    )  # fmt: skip
+    sent = [orjson.loads(value) for _, _, value in producers[0].messages]
+    assert 300 <= report.sent == len(sent)
+    assert report.incidents == {"velocity_burst": 1, "amount_spike": 1}
+    assert len(labelled(sent, "velocity_burst")) == 1
+    assert all(len(b) >= 15 for b in labelled(sent, "velocity_burst").values())
+    # The spike's warm-up spans hours of event time, far beyond 0.4 s at 1,000/s:
+    # it was sent when the time was up rather than dropped.
+    assert len(labelled(sent, "amount_spike")) == 1
+
+
+async def test_simulate_paced_by_acceleration_follows_event_time():
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    report = await sim.simulate(
+        SETTINGS, None, None, 200, 1, (), None, None, acceleration=20_000.0,
+        accounts=100, create_topics=False, producer_factory=memory([]),
+    )  # fmt: skip
+    elapsed = loop.time() - began
+    span = parse_time(report.last_occurred_at) - parse_time(report.first_occurred_at)
+    # 200 events of 100 accounts span about 3 hours of event time: ~0.5 s here.
+    assert elapsed == pytest.approx(span.total_seconds() / 20_000.0, abs=0.3)
+    assert elapsed > 0.2
+    with pytest.raises(ValueError, match="not both"):
+        await sim.simulate(SETTINGS, 10.0, None, 10, 1, (), None, None, acceleration=2.0)
+
+
+async def test_replay_sends_lines_byte_for_byte_and_malformed_ones_to_payments(tmp_path):
+    lines = [
+        b'{"event_id":"r1","event_type":"payment","occurred_at":"2024-05-01T12:30:00Z",'
+        b'"account_id":"a1","amount":"1.00","currency":"CNY"}',
+        b'{"event_type": "loan_status", "event_id": "r2", "account_id": "a2", '
+        b'"occurred_at": "2024-05-01T20:30:00.250+08:00", "loan_id": "l", "status": "current"}',
+        b"{not json",
+        b"[1, 2]",
+        b'{"event_id":"r3","event_type":"teleport","account_id":"a3"}',
+        b"",
+        b"\xff\xfe not utf-8",
+    ]
+    path = tmp_path / "replay.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    producers: list[MemoryProducer] = []
+    report = await sim.replay(
+        SETTINGS, path, None, None, create_topics=False, producer_factory=memory(producers)
+    )
+    assert producers[0].messages == [
+        ("t.payments", b"a1", lines[0]),
+        ("t.lending", b"a2", lines[1]),
+        ("t.payments", None, lines[2]),
+        ("t.payments", None, lines[3]),
+        ("t.payments", b"a3", lines[4]),
+        ("t.payments", None, lines[6]),
+    ]
+    assert (report.lines, report.sent, report.delivered) == (7, 6, 6)
+    assert (report.unparseable, report.unknown_type, report.blank) == (3, 1, 1)
+    assert report.by_topic == {"t.payments": 5, "t.lending": 1}
+
+
+async def test_replay_of_a_generated_file_sends_what_was_generated(tmp_path):
+    path = tmp_path / "events.jsonl"
+    sim.write_jsonl(sim.generate(4, accounts=100, events=500), path)
+    producers: list[MemoryProducer] = []
+    report = await sim.replay(
+        SETTINGS, path, 5_000.0, None, create_topics=False, producer_factory=memory(producers)
+    )
+    assert report.sent == 500 and report.unparseable == 0
+    assert [value for _, _, value in producers[0].messages] == path.read_bytes().splitlines()
+
+
+async def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match="rate must be positive"):
+        await sim.simulate(SETTINGS, 0.0, None, 10, 1, (), None, None)
+    with pytest.raises(ValueError, match="accounts must be at least 10"):
+        sim.generate(1, accounts=3)
