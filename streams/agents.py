@@ -130,11 +130,11 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
         await agent.report_lag()
 
     @app.on_partitions_assigned.connect
-    async def on_assigned(app: Any, *args: Any, **kwargs: Any) -> None:
+    async def on_assigned(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         agent.on_assignment()
 
     @app.on_rebalance_complete.connect
-    async def on_complete(app: Any, *args: Any, **kwargs: Any) -> None:
+    async def on_complete(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         agent.on_recovered()
 
     return agent

@@ -51,6 +51,22 @@ class AccountStateCodec(codecs.Codec):
 codecs.register("txwatch_state", AccountStateCodec())
 
 
+class StoredAccountState:
+    """The table's value type, as far as Faust is concerned.
+
+    Faust picks a table's serializer from ``value_type._options.serializer``
+    when it creates the changelog topic, and recovery decodes with that topic's
+    serializer; this marker points both at :class:`AccountStateCodec`.
+    """
+
+    class _options:
+        serializer = "txwatch_state"
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
+
+
 def load_detector_config(path: Path | None) -> dict[str, Any]:
     """The detector configuration: the file at ``path``, else the packaged defaults."""
     if path is None:
@@ -132,10 +148,8 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
         settings.dead_letter_topic, key_serializer="raw", value_serializer="raw",
         partitions=settings.partitions,
     )
-    table = app.Table(TABLE_NAME, default=None, partitions=settings.partitions, key_type=bytes)
-    # Faust derives serializers from types; ours is a registered codec (set before the
-    # changelog topic is created, on first use).
-    table.value_serializer = "txwatch_state"
+    table = app.Table(TABLE_NAME, default=None, partitions=settings.partitions,
+                      key_type=bytes, value_type=StoredAccountState)
     runtime = Runtime(settings, app, input_topic, alert_topic, dead_letter_topic, table,
                       monitor, sensors, metrics)
     runtime.agent = attach_agent(runtime)

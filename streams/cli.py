@@ -47,9 +47,8 @@ def run_worker(settings: Settings) -> int:
 
     from streams import __version__
     from streams.app import create_app, load_detector_config
-    from streams.metrics import PrometheusSensor
-
     from streams.broker import create_topics
+    from streams.metrics import PrometheusSensor
 
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -62,8 +61,15 @@ def run_worker(settings: Settings) -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from detectors.registry import build_alerters
+
     config = load_detector_config(settings.detector_config)
-    metrics = PrometheusSensor(version=__version__,
+    alert_labels = set()
+    for alerter in build_alerters(config):
+        alert_labels.add((alerter.name, alerter.severity))
+        if alerter.critical_threshold is not None:
+            alert_labels.add((alerter.name, "critical"))
+    metrics = PrometheusSensor(version=__version__, alert_labels=sorted(alert_labels),
                                config_version=str(config.get("version", "unversioned")))
     server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
     port = server.server_address[1]
@@ -161,9 +167,9 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 
 # -- demo -----------------------------------------------------------------------------
 def _spawn(argv: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log_file = log_path.open("ab")
-    return subprocess.Popen(list(argv), env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(list(argv), env=env, stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 20.0) -> None:

@@ -11,6 +11,10 @@ from typing import Any
 from streams.events import INFLOW_TYPES, OUTFLOW_TYPES, Event
 from streams.state import AccountState
 
+#: Type-specific fields passed to detectors as they are, when present.
+ATTRIBUTE_FEATURES = ("loan_id", "project_id", "due_date", "kind", "status", "days_past_due",
+                      "term_months", "age_band", "dealer", "outstanding")
+
 
 def observe(event: Event, state: AccountState) -> dict[str, Any]:
     """Count ``event`` in the account's velocity windows and return its features.
@@ -33,5 +37,18 @@ def observe(event: Event, state: AccountState) -> dict[str, Any]:
     x["is_outflow"] = is_outflow
     x["is_inflow"] = event.event_type in INFLOW_TYPES
     x["hour"] = event.occurred_at.hour
+    x["ts"] = ts
     x["account_events"] = prior_events
+    x["account_id"] = event.account_id
+    x["counterparty_id"] = event.counterparty_id
+    x["region"] = event.region
+    x["channel"] = event.channel
+    x["merchant_id"] = event.merchant_id
+    for name, digest in event.pii.items():
+        x[name + "_hash"] = digest
+    attributes = event.attributes
+    for name in ATTRIBUTE_FEATURES:
+        value = attributes.get(name)
+        if value is not None:
+            x[name] = value
     return x

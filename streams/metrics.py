@@ -9,12 +9,15 @@ severities from configuration. No label carries an account id.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.alerts import Alert
+from streams.codec import REASONS as DEAD_LETTER_REASONS
 from streams.events import EVENT_TYPES, DeadLetter, Event
+from streams.pipeline import PROCESSING_ERROR
 from streams.sensors import Sensor
 
 LATENCY_BUCKETS: Final = (
@@ -35,10 +38,15 @@ class PrometheusSensor(Sensor):
         txwatch version, for ``txwatch_worker_info``.
     config_version
         Detector configuration version in force.
+    alert_labels
+        ``(detector, severity)`` pairs the configuration can raise; their
+        counters start at 0 so ``increase()`` sees the first alert and boards
+        show 0 rather than no data.
     """
 
     def __init__(self, registry: CollectorRegistry = REGISTRY, version: str = "0",
-                 config_version: str = "unknown") -> None:
+                 config_version: str = "unknown",
+                 alert_labels: Iterable[tuple[str, str]] = ()) -> None:
         self.events = Counter(
             "txwatch_events", "Input messages by event type and outcome.",
             ["event_type", "outcome"], registry=registry,
@@ -86,6 +94,10 @@ class PrometheusSensor(Sensor):
             ["version", "config_version"], registry=registry,
         )
         self.info.labels(version=version, config_version=config_version).set(1)
+        for reason in (*DEAD_LETTER_REASONS, PROCESSING_ERROR):
+            self.dead_letters.labels(reason=reason)
+        for detector, severity in alert_labels:
+            self.alerts.labels(detector=detector, severity=severity)
         self._events_children = {
             (t, o): self.events.labels(event_type=t, outcome=o)
             for t in (*sorted(EVENT_TYPES), "unknown")

@@ -10,6 +10,7 @@ can write each of them once per batch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,11 @@ from streams.events import DeadLetter, Event
 from streams.features import observe
 from streams.sensors import Sensor
 from streams.state import AccountState
+
+log = logging.getLogger(__name__)
+
+#: Dead-letter reason for a message that made the worker itself fail.
+PROCESSING_ERROR = "processing_error"
 
 #: Seconds of event time during which a detector stays quiet for an account
 #: after alerting on it, so one burst is one alert, not one per event.
@@ -75,11 +81,27 @@ class Monitor:
                 topic: str | None = None, partition: int | None = None,
                 offset: int | None = None, source_timestamp: float | None = None,
                 now: datetime | None = None) -> Outcome:
-        """Handle one message. Never raises for bad input.
+        """Handle one message. Never raises.
 
         The account's state is read from and put back into ``states`` under
-        the account id encoded as UTF-8 bytes.
+        the account id encoded as UTF-8 bytes. A message that makes a detector
+        fail becomes a dead letter with reason ``processing_error`` (the
+        traceback goes to the log, the payload does not), so one poisonous
+        message cannot stop the partition.
         """
+        try:
+            return self._process(raw, states, topic, partition, offset, source_timestamp, now)
+        except Exception as exc:
+            log.exception("processing failed at %s[%s]@%s", topic, partition, offset)
+            dead = self.decoder.reject(
+                PROCESSING_ERROR, f"{type(exc).__name__} in the worker; see its log",
+                raw, topic, partition, offset)
+            self.sensor.on_dead_letter(dead)
+            return Outcome(dead_letter=dead)
+
+    def _process(self, raw: bytes | None, states: MutableMapping[Any, AccountState],
+                 topic: str | None, partition: int | None, offset: int | None,
+                 source_timestamp: float | None, now: datetime | None) -> Outcome:
         decoded = self.decoder.decode(raw, topic, partition, offset)
         if isinstance(decoded, DeadLetter):
             self.sensor.on_dead_letter(decoded)

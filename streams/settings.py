@@ -95,7 +95,9 @@ class Settings:
         "JSON file with detector thresholds; the packaged defaults when unset.",
         None,
     )
-    data_dir: Path = _env("DATA_DIR", "Directory for worker data and local broker files.", Path("var"))
+    data_dir: Path = _env(
+        "DATA_DIR", "Directory for worker data and local broker files.", Path("var")
+    )
     dead_letter_clear_payload: bool = _env(
         "DEAD_LETTER_CLEAR_PAYLOAD",
         "Keep personal fields in clear in dead-letter payloads (default: replaced by hashes).",

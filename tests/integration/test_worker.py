@@ -50,22 +50,22 @@ async def env(kafka_bootstrap: str, topic_prefix: str) -> dict[str, str]:
 async def test_scenarios_produce_their_alerts_with_reasons_and_metrics(env, tmp_path: Path):
     bootstrap = env["TXWATCH_BROKER"]
     # an account with a steady history, then a payment 40x its usual amount
-    history = [payment(i, "acct-spike", "120.00", seconds=3600 * i) for i in range(12)]
-    spike = payment(99, "acct-spike", "4800.00", seconds=3600 * 13, event_id="spike-1")
+    history = [payment(i, "acct-spike", "120.00", seconds=3600 * i) for i in range(25)]
+    spike = payment(99, "acct-spike", "4800.00", seconds=3600 * 26, event_id="spike-1")
     # an account sending 14 payments to different payees within 30 seconds
     burst = [payment(i, "acct-burst", "20.00", seconds=2 * i, cp=f"payee-{i}")
              for i in range(14)]
     quiet = [payment(i, f"acct-quiet-{i}", "35.00", seconds=i) for i in range(20)]
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         await produce(bootstrap, env["TXWATCH_PAYMENTS_TOPIC"],
-                      messages(history + [spike] + burst + quiet))
+                      messages([*history, spike, *burst, *quiet]))
         alerts = await consume_until(
             bootstrap, env["TXWATCH_ALERT_TOPIC"],
             lambda rs: {"amount_outlier", "velocity"} <= {r["detector"] for r in rs},
             timeout=120,
         )
-        wait_for(lambda: worker.metric("txwatch_events_total", outcome="processed") >= 47,
-                 60, "47 processed events in /metrics")
+        wait_for(lambda: worker.metric("txwatch_events_total", outcome="processed") >= 60,
+                 60, "60 processed events in /metrics")
         by_detector = {a["detector"]: a for a in alerts}
         outlier = by_detector["amount_outlier"]
         assert outlier["account_id"] == "acct-spike"
@@ -83,7 +83,7 @@ async def test_scenarios_produce_their_alerts_with_reasons_and_metrics(env, tmp_
         assert worker.metric("txwatch_alerts_total", detector="velocity") == 1
         assert worker.metric("txwatch_alerts_total", detector="amount_outlier") >= 1
         assert worker.metric("txwatch_events_total", event_type="payment",
-                             outcome="processed") == 47
+                             outcome="processed") == 60
         assert worker.metric("txwatch_event_to_alert_seconds_count", detector="velocity") == 1
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -52,11 +51,11 @@ class WorkerProcess:
     def start(self, timeout: float = 60.0) -> WorkerProcess:
         self.metrics_url = None
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"], env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:]
@@ -111,7 +110,8 @@ class WorkerProcess:
         self.stop()
 
 
-async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+async def produce(bootstrap: str, topic: str,
+                  messages: Iterable[tuple[bytes | None, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
@@ -152,6 +152,3 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     message = f"timed out after {timeout}s waiting for {what}"
     raise TimeoutError(message)
 
-
-def run(coro: Any) -> Any:
-    return asyncio.get_event_loop().run_until_complete(coro)
