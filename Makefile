@@ -1,0 +1,78 @@
+# The few verbs a newcomer needs. Everything runs from the project's .venv;
+# `make venv` (a prerequisite of the others) creates it and reinstalls only
+# when pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Touched after a successful install; older than pyproject.toml means reinstall.
+VENV_STAMP := $(VENV)/.txwatch-installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test lint bench broker prometheus stack stack-sim stack-down clean distclean
+
+help:
+	@echo "make venv        create $(VENV) and install txwatch with its dev tools"
+	@echo "make demo        run the end-to-end demo (starts its own Kafka broker)"
+	@echo "make test        run every test (installs Debian's prometheus first if root)"
+	@echo "make lint        ruff check and mypy"
+	@echo "make bench       throughput benchmark"
+	@echo "make broker      run a local Kafka broker in the foreground"
+	@echo "make stack       docker compose stack (Kafka, 2 workers, Prometheus, Alertmanager, Grafana)"
+	@echo "make clean       remove caches and local data (var/); keeps $(VENV)"
+	@echo "make distclean   clean, and remove $(VENV) too"
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(BIN)/txwatch demo
+
+# The prometheus-marked tests need promtool; `prometheus` provides it when it can.
+test: venv prometheus
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: venv
+	$(BIN)/python bench/throughput.py
+
+broker: venv
+	$(BIN)/txwatch broker
+
+# Debian's prometheus and prometheus-alertmanager (promtool, amtool) check the
+# rules and alerting config in deploy/. Installed only as root, and only when
+# promtool is missing; otherwise this says what to run.
+prometheus:
+	@if command -v promtool >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 \
+			&& command -v prometheus-alertmanager >/dev/null 2>&1; then \
+		echo "promtool: $$(command -v promtool), alertmanager: $$(command -v prometheus-alertmanager)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update && apt-get install -y --no-install-recommends prometheus prometheus-alertmanager; \
+	else \
+		echo "promtool is missing: run 'sudo apt-get install prometheus prometheus-alertmanager'" >&2; \
+	fi
+
+# The production-like stack, for machines with a Docker engine (docs/operations.md).
+stack:
+	docker compose up -d --build
+
+stack-sim:
+	docker compose --profile sim up -d simulator
+
+stack-down:
+	docker compose --profile sim down
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info var
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
