@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from streams.codec import dead_letter_record
+from streams.stages import DerivedStage, Forward, StageEntry
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -74,6 +75,8 @@ class MonitorAgent:
             dirty[key] = message.partition
             for alert in outcome.alerts:
                 pending.append(rt.alert_topic.send_soon(key=key, value=alert.dumps()))
+            for forward in outcome.forwards:
+                pending.append(send_forward(rt, forward))
         if pending:
             await asyncio.gather(*pending)
         table = rt.table
@@ -113,6 +116,54 @@ class MonitorAgent:
         rt.sensors.on_state_size(len(rt.table.data))
 
 
+def send_forward(runtime: Runtime, forward: Forward) -> Any:
+    """Queue a record for a derived stage, keyed by that stage's entity."""
+    topic = runtime.stage_topics.get(forward.stage)
+    if topic is None:  # the stage is switched off in this configuration
+        return _done()
+    return topic.send_soon(key=forward.key.encode(), value=forward.dumps())
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+class StageAgent:
+    """Faust glue around one :class:`streams.stages.DerivedStage`, same batch discipline."""
+
+    def __init__(self, runtime: Runtime, stage: DerivedStage, table: Any) -> None:
+        self.runtime = runtime
+        self.stage = stage
+        self.table = table
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
+        rt = self.runtime
+        store = self.table.data
+        now = datetime.now(UTC)
+        dirty: dict[bytes, int] = {}
+        pending: list[Any] = []
+        for event in events:
+            message = event.message
+            outcome = self.stage.process(message.value, store, offset=message.offset, now=now,
+                                         source_timestamp=message.timestamp)
+            if outcome.key is None:
+                continue
+            dirty[outcome.key] = message.partition
+            for alert in outcome.alerts:
+                pending.append(rt.alert_topic.send_soon(
+                    key=alert.account_id.encode(), value=alert.dumps()))
+            for forward in outcome.forwards:
+                pending.append(send_forward(rt, forward))
+        if pending:
+            await asyncio.gather(*pending)
+        for key, partition in dirty.items():
+            entry = store.get(key)
+            if isinstance(entry, StageEntry):
+                self.table.send_changelog(partition, key, entry.dumps(), value_serializer="raw")
+
+
 def attach_agent(runtime: Runtime) -> MonitorAgent:
     """Register the monitor agent, the lag timer and rebalance hooks on the app."""
     app = runtime.app
@@ -124,6 +175,16 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
             await agent.process_batch(events)
 
     app.agent(runtime.input_topic, name="txwatch.monitor")(monitor)
+
+    for name, stage in runtime.stages.items():
+        stage_agent = StageAgent(runtime, stage, runtime.stage_tables[name])
+
+        async def run_stage(stream: Any, stage_agent: StageAgent = stage_agent) -> None:
+            async for events in stream.take_events(settings.batch_size,
+                                                   within=settings.batch_within):
+                await stage_agent.process_batch(events)
+
+        app.agent(runtime.stage_topics[name], name=f"txwatch.stage.{name}")(run_stage)
 
     @app.timer(interval=LAG_INTERVAL_SECONDS)
     async def lag_timer() -> None:

@@ -44,6 +44,9 @@ class Alert:
     occurred_at: datetime
     detected_at: datetime
     config_version: str
+    #: Probability that analysts would confirm this alert, from their feedback so
+    #: far (``streams/feedback.py``); ``None`` until the ranker has learnt enough.
+    feedback_probability: float | None = None
 
     @classmethod
     def from_finding(cls, finding: Finding, event: Event, detected_at: datetime,
@@ -82,6 +85,7 @@ class Alert:
             "occurred_at": _iso(self.occurred_at),
             "detected_at": _iso(self.detected_at),
             "config_version": self.config_version,
+            "feedback_probability": self.feedback_probability,
         }
 
     def dumps(self) -> bytes:

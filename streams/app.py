@@ -15,7 +15,7 @@ changelog before it processes anything (see the README, "Guarantees").
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from streams.metrics import PrometheusSensor
 from streams.pipeline import Monitor
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
+from streams.stages import DerivedStage
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,9 @@ class Runtime:
     sensors: SensorDelegate
     metrics: PrometheusSensor | None
     agent: Any = None
+    stages: dict[str, DerivedStage] = field(default_factory=dict)
+    stage_topics: dict[str, Any] = field(default_factory=dict)
+    stage_tables: dict[str, Any] = field(default_factory=dict)
 
 
 def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
@@ -115,6 +119,7 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     """Build the Faust app, its topics, table and agent from ``settings``."""
     from streams import __version__
     from streams.agents import attach_agent
+    from streams.portfolio import attach_portfolio
 
     sensors = SensorDelegate(extra_sensors)
     if metrics is not None:
@@ -153,6 +158,7 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     runtime = Runtime(settings, app, input_topic, alert_topic, dead_letter_topic, table,
                       monitor, sensors, metrics)
     runtime.agent = attach_agent(runtime)
+    attach_portfolio(runtime)
     log.info("txwatch %s: detectors %s, config version %s", __version__,
              [a.name for a in monitor.alerters], monitor.config_version)
     return runtime

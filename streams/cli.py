@@ -287,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=None)
 
     sub.add_parser("settings", help="list TXWATCH_* variables")
+
+    from streams import portfolio
+
+    portfolio.register_cli(sub)
     return parser
 
 
@@ -305,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "worker":
         return run_worker(settings)
-    return COMMANDS[args.command](settings, args)
+    func = getattr(args, "func", None) or COMMANDS[args.command]
+    return int(func(settings, args))
 
 
 if __name__ == "__main__":

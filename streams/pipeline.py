@@ -11,8 +11,8 @@ can write each of them once per batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from streams.codec import Decoder
 from streams.events import DeadLetter, Event
 from streams.features import observe
 from streams.sensors import Sensor
+from streams.stages import Forward
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Outcome:
     dead_letter: DeadLetter | None = None
     duplicate: bool = False
     alerts: list[Alert] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
 
 
 class Monitor:
@@ -59,11 +61,21 @@ class Monitor:
         Observability hooks (metrics, live view).
     cooldown_seconds
         Per detector, event-time seconds of quiet after an alert on an account.
+    derive
+        ``derive(event, x) -> forwards``: records for the derived stages
+        (``streams/stages.py``); none when unset.
+    ranker
+        ``ranker(alert) -> probability | None``: analysts' feedback learnt
+        online, carried on each alert to rank it (``streams/feedback.py``).
     """
 
     def __init__(self, decoder: Decoder, alerters: Sequence[ThresholdAlerter],
                  config_version: str, sensor: Sensor | None = None,
-                 cooldown_seconds: Mapping[str, int] | None = None) -> None:
+                 cooldown_seconds: Mapping[str, int] | None = None,
+                 derive: Callable[[Event, dict[str, Any]], list[Forward]] | None = None,
+                 ranker: Callable[[Alert], float | None] | None = None) -> None:
+        self.derive = derive
+        self.ranker = ranker
         self.decoder = decoder
         self.alerters = list(alerters)
         self.config_version = config_version
@@ -134,8 +146,11 @@ class Monitor:
             if cooldown:
                 state.quiet_until[name] = ts + cooldown
             alert = Alert.from_finding(finding, event, detected_at, self.config_version)
+            if self.ranker is not None:
+                alert = replace(alert, feedback_probability=self.ranker(alert))
             alerts.append(alert)
             self.sensor.on_alert(alert, source_timestamp)
         state.mark(event.event_id, topic, offset)
         self.sensor.on_event(event, "processed")
-        return Outcome(event=event, alerts=alerts)
+        forwards = self.derive(event, x) if self.derive is not None else []
+        return Outcome(event=event, alerts=alerts, forwards=forwards)

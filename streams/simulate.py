@@ -43,7 +43,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
@@ -52,12 +53,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from detectors.registry import DEFAULT_CONFIG
 from streams.events import EVENT_TYPES, LENDING_TYPES
 from streams.settings import Settings
 
 __all__ = [
     "DEFAULT_ACCOUNTS",
     "DEFAULT_START",
+    "DISHONEST_PERSONS",
     "SCENARIOS",
     "IncidentContext",
     "PlannedEvent",
@@ -66,16 +69,25 @@ __all__ = [
     "SimAccount",
     "SimulationReport",
     "TrafficGenerator",
+    "account_takeover",
     "amount_spike",
+    "blacklisted_identity",
+    "borrow_and_vanish",
+    "dishonest_persons",
     "encode",
     "ensure_topics",
+    "fan_out",
+    "fund_segregation",
     "generate",
     "hourly_weight",
     "label_record",
     "message_key",
     "minor_units",
+    "precipitated_funds",
+    "rapid_pass_through",
     "replay",
     "simulate",
+    "structuring",
     "topic_for",
     "velocity_burst",
     "write_jsonl",
@@ -441,6 +453,44 @@ class IncidentContext:
         rng = self.rng
         return f"45.{rng.randrange(8, 160)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
 
+    def home_ip(self, account: SimAccount) -> str:
+        """An address in the account's usual range."""
+        rng = self.rng
+        return f"{account.ip_prefix}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+    def stranger(self, account: SimAccount) -> str:
+        """Another account of the population that ``account`` has never paid."""
+        accounts = self.traffic.accounts
+        while True:
+            other = accounts[self.rng.randrange(len(accounts))].account_id
+            if other != account.account_id and other not in account.contacts:
+                return other
+
+    def event(
+        self,
+        account_id: str,
+        at: float,
+        event_type: str,
+        *,
+        amount_minor: int | None = None,
+        labelled: bool = False,
+        **fields: Any,
+    ) -> PlannedEvent:
+        """Any contract event of ``account_id`` at event time ``at``.
+
+        ``amount_minor`` becomes the ``amount`` and ``currency`` fields;
+        ``fields`` are the type's other fields, as on the wire.
+        """
+        if at < self.now:
+            message = f"a planned event cannot go back in event time ({at} < {self.now})"
+            raise ValueError(message)
+        body: dict[str, Any] = {"event_type": event_type}
+        if amount_minor is not None:
+            body["amount"] = _money(amount_minor)
+            body["currency"] = CURRENCY
+        body.update(fields)
+        return PlannedEvent(at, account_id, body, self.scenario if labelled else None)
+
     def payment(
         self,
         account: SimAccount,
@@ -524,6 +574,317 @@ def amount_spike(ctx: IncidentContext) -> Iterator[PlannedEvent]:
     yield ctx.payment(victim, at + rng.uniform(300.0, 1800.0), spike, merchant)
 
 
+def _default_params(detector: str) -> Mapping[str, Any]:
+    """The shipped parameters of a detector: scenarios are built to cross its defaults."""
+    params: Mapping[str, Any] = DEFAULT_CONFIG["detectors"][detector].get("params", {})
+    return params
+
+
+def _whole_yuan(low_minor: int, high_minor: int, rng: random.Random) -> int:
+    """A random amount in whole yuan within ``[low_minor, high_minor]``."""
+    return rng.randint(-(-low_minor // 100), high_minor // 100) * 100
+
+
+def structuring(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """Cash placed in 3-5 top-ups just under the reporting threshold, within hours.
+
+    Each top-up is between ``band_fraction`` of the structuring detector's
+    threshold and one yuan under it, 40 minutes to a few hours apart, all
+    within its window; the top-ups from the ``min_count``-th on are labelled
+    (the detector cannot know about the earlier ones when they happen). A few
+    hours after the last one the money moves on in one transfer to an account
+    the victim never paid before (unlabelled context: layering).
+    """
+    params = _default_params("structuring")
+    threshold = int(params.get("threshold_minor", 5_000_000))
+    lowest = math.ceil(Decimal(threshold) * Decimal(str(params.get("band_fraction", 0.9))))
+    min_count = int(params.get("min_count", 3))
+    window = int(params.get("window_seconds", 86_400))
+    rng = ctx.rng
+    victim = ctx.any_victim()
+    count = rng.randint(min_count, min_count + 2)
+    # Gaps over 40 minutes: what is structured is the amount, not the speed.
+    longest_gap = max(2_400.0, 0.9 * window / count)
+    at = ctx.now
+    total = 0
+    bank = _BANKS[victim.index % len(_BANKS)]
+    for number in range(1, count + 1):
+        at += rng.uniform(2_400.0, longest_gap)
+        amount = _whole_yuan(lowest, threshold - 1, rng)
+        total += amount
+        yield ctx.event(
+            victim.account_id, at, "top_up", amount_minor=amount, labelled=number >= min_count,
+            counterparty_id=bank, channel="app", region=victim.region,
+            device_id=victim.devices[0],
+        )  # fmt: skip
+    yield ctx.event(
+        victim.account_id, at + rng.uniform(3_600.0, 3 * 3_600.0), "transfer",
+        amount_minor=total, counterparty_id=ctx.stranger(victim), channel="app",
+        region=victim.region, device_id=victim.devices[0],
+    )  # fmt: skip
+
+
+def rapid_pass_through(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A mule account: a large top-up, 85-99% of it sent on within minutes.
+
+    One top-up of 20,000.00 to 90,000.00 (unlabelled: money coming in is not
+    suspicious by itself), then 1-3 transfers or withdrawals to accounts the
+    victim never paid, within three quarters of the detector's window. The
+    outflows from the one that takes the share gone to the alerting threshold
+    on are labelled.
+    """
+    params = _default_params("rapid_pass_through")
+    window = float(params.get("window_seconds", 1_800))
+    share_alerting = float(DEFAULT_CONFIG["detectors"]["rapid_pass_through"]["threshold"])
+    rng = ctx.rng
+    victim = ctx.any_victim()
+    inflow = _whole_yuan(2_000_000, 9_000_000, rng)
+    at = ctx.now + rng.uniform(10.0, 300.0)
+    yield ctx.event(
+        victim.account_id, at, "top_up", amount_minor=inflow,
+        counterparty_id=_BANKS[victim.index % len(_BANKS)], channel="app", region=victim.region,
+    )  # fmt: skip
+    count = rng.randint(1, 3)
+    total = round(inflow * rng.uniform(0.85, 0.99))
+    cuts = sorted(rng.uniform(0.2, 0.8) for _ in range(count - 1))
+    shares = [b - a for a, b in zip([0.0, *cuts], [*cuts, 1.0], strict=True)]
+    amounts = [max(100, round(total * share / 100) * 100) for share in shares]
+    offsets = sorted(rng.uniform(60.0, 0.75 * window) for _ in range(count))
+    device, ip = ctx.new_device_id(), ctx.home_ip(victim)
+    sent = 0
+    for offset, amount in zip(offsets, amounts, strict=True):
+        sent += amount
+        kind = "transfer" if rng.random() < 0.7 else "withdrawal"
+        payee = ctx.stranger(victim) if kind == "transfer" else rng.choice(_BANKS)
+        yield ctx.event(
+            victim.account_id, at + offset, kind, amount_minor=amount,
+            labelled=sent >= share_alerting * inflow, counterparty_id=payee, channel="app",
+            region=victim.region, device_id=device, ip=ip,
+        )  # fmt: skip
+
+
+def fan_out(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """One account sends transfers to a dozen or more accounts it never paid, within hours.
+
+    ``min_distinct + 2`` to ``min_distinct + 10`` transfers of the fan-out
+    detector's defaults, 500.00 to 3,000.00 each, each to a different account,
+    spread over 30 minutes to 4 hours; those from the ``min_distinct``-th on are
+    labelled.
+    """
+    params = _default_params("fan_out")
+    min_distinct = int(params.get("min_distinct", 10))
+    rng = ctx.rng
+    victim = ctx.any_victim()
+    count = rng.randint(min_distinct + 2, min_distinct + 10)
+    span = rng.uniform(1_800.0, 4 * 3_600.0)
+    begin = ctx.now + rng.uniform(10.0, 300.0)
+    payees: list[str] = []
+    while len(payees) < count:
+        payee = ctx.stranger(victim)
+        if payee not in payees:
+            payees.append(payee)
+    offsets = sorted(rng.uniform(0.0, span) for _ in range(count))
+    for number, (offset, payee) in enumerate(zip(offsets, payees, strict=True), start=1):
+        yield ctx.event(
+            victim.account_id, begin + offset, "transfer",
+            amount_minor=_whole_yuan(50_000, 300_000, rng), labelled=number >= min_distinct,
+            counterparty_id=payee, channel="app", region=victim.region,
+            device_id=victim.devices[0],
+        )  # fmt: skip
+
+
+def fund_segregation(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """Customer funds moved from an escrow account into a platform-owned account.
+
+    The accounts are those of the fund-segregation detector's defaults (for
+    example ``escrow-001`` and ``platform-ops-001``), outside the customer
+    population. One to three ordinary payouts from the escrow account to
+    customers come first (unlabelled), then the labelled transfer of
+    100,000.00 to 2,000,000.00 to the platform account.
+    """
+    params = _default_params("fund_segregation")
+    escrows = list(params.get("escrow_accounts") or ["escrow-001"])
+    platforms = list(params.get("platform_accounts") or ["platform-ops-001"])
+    rng = ctx.rng
+    escrow, platform = rng.choice(escrows), rng.choice(platforms)
+    at = ctx.now
+    accounts = ctx.traffic.accounts
+    for _ in range(rng.randint(1, 3)):
+        at += rng.uniform(30.0, 600.0)
+        yield ctx.event(
+            escrow, at, "transfer", amount_minor=_whole_yuan(100_000, 4_000_000, rng),
+            counterparty_id=accounts[rng.randrange(len(accounts))].account_id, channel="web",
+        )  # fmt: skip
+    yield ctx.event(
+        escrow, at + rng.uniform(60.0, 3_600.0), "transfer",
+        amount_minor=_whole_yuan(10_000_000, 200_000_000, rng), labelled=True,
+        counterparty_id=platform, channel="web",
+    )  # fmt: skip
+
+
+def precipitated_funds(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A wallet topped up far above the balance limit, then left untouched past the dwell time.
+
+    One top-up of 1.6 to 3 times the precipitated-funds detector's default
+    limit (unlabelled), then, just after its default dwell time has passed,
+    a login from the account's usual device (labelled: the detector has no
+    timers and learns of the dwell from the next event). The victim is
+    chosen among modest spenders, whose everyday payments cannot bring the
+    balance back under the limit meanwhile.
+    """
+    params = _default_params("precipitated_funds")
+    limit = int(params.get("balance_limit_minor", 5_000_000))
+    dwell = float(params.get("max_dwell_seconds", 259_200))
+    rng = ctx.rng
+    victim = ctx.pick_victim(profiles=("student", "retired", "salaried")) or ctx.any_victim()
+    amount = math.ceil(limit * rng.uniform(1.6, 3.0) / 100_000) * 100_000
+    at = ctx.now + rng.uniform(60.0, 600.0)
+    yield ctx.event(
+        victim.account_id, at, "top_up", amount_minor=amount,
+        counterparty_id=_BANKS[victim.index % len(_BANKS)], channel="app", region=victim.region,
+    )  # fmt: skip
+    yield ctx.event(
+        victim.account_id, at + dwell + rng.uniform(1.0, 30.0), "login", labelled=True,
+        channel="app", region=victim.region, device_id=victim.devices[0],
+        ip=ctx.home_ip(victim),
+    )  # fmt: skip
+
+
+def account_takeover(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A login from a new device abroad, a phone-number change, then the account emptied.
+
+    The victim has a payment history (20 or more payments; in short runs the
+    scenario adds 8-12 ordinary ones first, unlabelled). A login from a device
+    it never used and an address outside its region, a ``credential_change``
+    of the phone number minutes later (both unlabelled: they are the trigger,
+    not the loss), then within half an hour one or two withdrawals or
+    transfers of 25 to 60 times its usual payment, at least 1,500.00 (labelled).
+    """
+    rng = ctx.rng
+    victim = ctx.pick_victim(with_history=True)
+    at = ctx.now
+    if victim is None:
+        victim = ctx.any_victim()
+        for _ in range(rng.randint(8, 12)):
+            at += rng.uniform(240.0, 900.0)
+            yield ctx.payment(
+                victim, at, ctx.draw_payment_minor(victim, sigma=0.35),
+                rng.choice(victim.favourites[:3]), labelled=False,
+            )  # fmt: skip
+    usual = victim.usual_payment_minor
+    device, ip = ctx.new_device_id(), ctx.foreign_ip()
+    at += rng.uniform(30.0, 600.0)
+    yield ctx.event(
+        victim.account_id, at, "login", channel="app", region=victim.region, device_id=device,
+        ip=ip,
+    )  # fmt: skip
+    at += rng.uniform(30.0, 300.0)
+    yield ctx.event(
+        victim.account_id, at, "credential_change", kind="phone", channel="app",
+        region=victim.region, device_id=device, ip=ip,
+    )  # fmt: skip
+    for _ in range(rng.randint(1, 2)):
+        at += rng.uniform(120.0, 900.0)
+        amount = max(150_000, math.ceil(usual * rng.uniform(25.0, 60.0) / 10_000) * 10_000)
+        kind = "withdrawal" if rng.random() < 0.5 else "transfer"
+        payee = rng.choice(_BANKS) if kind == "withdrawal" else ctx.stranger(victim)
+        yield ctx.event(
+            victim.account_id, at, kind, amount_minor=amount, labelled=True,
+            counterparty_id=payee, channel="app", region=victim.region, device_id=device, ip=ip,
+        )  # fmt: skip
+
+
+#: Seed of the synthetic people on the simulated dishonest-person list.
+DISHONEST_SEED: Final = "txwatch-dishonest-persons/1"
+#: How many synthetic people are on that list.
+DISHONEST_PERSONS: Final = 4
+
+
+def dishonest_persons() -> list[tuple[str, str]]:
+    """``(national_id, phone)`` of the synthetic people on the simulated dishonest-person list.
+
+    Generated from :data:`DISHONEST_SEED` like the population's identities, so
+    no clear identifier is written in the code; the blacklist detector's
+    default list holds their keyed hashes under the development key
+    (``TXWATCH_PII_KEY``'s default), checked by ``tests/unit/test_simulate.py``.
+    """
+    rng = random.Random(DISHONEST_SEED)
+    people = []
+    for _ in range(DISHONEST_PERSONS):
+        areas = REGIONS[rng.randrange(len(REGIONS))][3]
+        national_id = _national_id(rng, rng.choice(areas), rng.randint(1960, 2000))
+        phone = f"1{rng.choice('3589')}{rng.randrange(10**9):09d}"
+        people.append((national_id, phone))
+    return people
+
+
+def blacklisted_identity(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A loan application under the identity of a person on the dishonest-person list.
+
+    The application carries the listed person's national id and phone number
+    (see :func:`dishonest_persons`), from the account's usual device; it is
+    labelled. The blacklist detector flags it with the shipped list only when
+    the worker runs with the development PII key.
+    """
+    rng = ctx.rng
+    victim = ctx.any_victim()
+    national_id, phone = rng.choice(dishonest_persons())
+    yield ctx.event(
+        victim.account_id, ctx.now + rng.uniform(10.0, 600.0), "loan_application",
+        amount_minor=_whole_yuan(500_000, 5_000_000, rng), labelled=True,
+        loan_id=f"loan-{victim.index:07d}-a{rng.getrandbits(24):06x}",
+        term_months=rng.choice(_LOAN_TERMS), national_id=national_id, phone=phone,
+        channel="app", region=victim.region, device_id=victim.devices[0],
+    )  # fmt: skip
+
+
+def borrow_and_vanish(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A 7-day cash loan withdrawn within hours and never repaid.
+
+    A loan application and, up to two hours later, a disbursement of
+    20,000.00 to 80,000.00 due seven days later (``due_date``; both
+    unlabelled); one to three withdrawals or transfers of 85-100% of it,
+    one to twelve hours after the disbursement (unlabelled: nothing is wrong
+    yet); then, minutes after the end of the due date (UTC), the platform's
+    ``loan_status`` reporting the loan one day past due, which is the event
+    the detector judges the loan on (labelled).
+    """
+    rng = ctx.rng
+    victim = ctx.any_victim()
+    loan_id = f"loan-{victim.index:07d}-c{rng.getrandbits(24):06x}"
+    principal = rng.randint(20, 80) * 100_000
+    at = ctx.now + rng.uniform(10.0, 600.0)
+    yield ctx.event(
+        victim.account_id, at, "loan_application", amount_minor=principal, loan_id=loan_id,
+        term_months=1, national_id=victim.national_id, phone=victim.phone, channel="app",
+        region=victim.region, device_id=victim.devices[0],
+    )  # fmt: skip
+    disbursed = at + rng.uniform(600.0, 7_200.0)
+    due = datetime.fromtimestamp(disbursed, UTC).date() + timedelta(days=7)
+    yield ctx.event(
+        victim.account_id, disbursed, "loan_disbursement", amount_minor=principal,
+        loan_id=loan_id, due_date=due.isoformat(), region=victim.region,
+    )  # fmt: skip
+    count = rng.randint(1, 3)
+    total = round(principal * rng.uniform(0.85, 1.0) / 100) * 100
+    amounts = [total // count] * (count - 1) + [total - (total // count) * (count - 1)]
+    offsets = sorted(rng.uniform(3_600.0, 12 * 3_600.0) for _ in range(count))
+    for offset, amount in zip(offsets, amounts, strict=True):
+        kind = "withdrawal" if rng.random() < 0.6 else "transfer"
+        payee = rng.choice(_BANKS) if kind == "withdrawal" else ctx.stranger(victim)
+        yield ctx.event(
+            victim.account_id, disbursed + offset, kind, amount_minor=amount,
+            counterparty_id=payee, channel="app", region=victim.region,
+            device_id=victim.devices[0],
+        )  # fmt: skip
+    due_end = datetime.combine(due + timedelta(days=1), datetime.min.time(), UTC).timestamp()
+    yield ctx.event(
+        victim.account_id, due_end + rng.uniform(1.0, 300.0), "loan_status", labelled=True,
+        loan_id=loan_id, status="delinquent", days_past_due=1, outstanding=_money(principal),
+        currency=CURRENCY,
+    )  # fmt: skip
+
+
 #: Scenario name -> how to inject it and which detector should catch it.
 SCENARIOS: dict[str, Scenario] = {
     "velocity_burst": Scenario(
@@ -531,6 +892,31 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "amount_spike": Scenario(
         "amount_outlier", amount_spike, "one payment >= 60x the account's usual"
+    ),
+    "structuring": Scenario(
+        "structuring", structuring, "3-5 top-ups just under the reporting threshold within a day"
+    ),
+    "rapid_pass_through": Scenario(
+        "rapid_pass_through", rapid_pass_through, "a large top-up sent on within minutes"
+    ),
+    "fan_out": Scenario(
+        "fan_out", fan_out, "transfers to a dozen or more new accounts within hours"
+    ),
+    "fund_segregation": Scenario(
+        "fund_segregation", fund_segregation, "an escrow account pays a platform account"
+    ),
+    "precipitated_funds": Scenario(
+        "precipitated_funds", precipitated_funds, "a large balance left past the dwell time"
+    ),
+    "account_takeover": Scenario(
+        "account_takeover", account_takeover,
+        "new device, phone changed, account emptied within the hour",
+    ),
+    "blacklisted_identity": Scenario(
+        "blacklist", blacklisted_identity, "a loan application by a listed person"
+    ),
+    "borrow_and_vanish": Scenario(
+        "borrow_and_vanish", borrow_and_vanish, "a loan cashed out and not repaid by its due date"
     ),
 }
 
@@ -1731,6 +2117,348 @@ async def replay(
         blank=kinds["blank"],
         by_topic=dict(publisher.by_topic),
         elapsed_seconds=publisher.elapsed,
+        topics_created=tuple(created),
+        first_error=publisher.first_error,
+    )
+
+
+# -- lending book (for the portfolio monitor) ---------------------------------------------
+#
+# A loan book on its own, independent of the traffic above: borrowers, loans
+# with monthly instalments, the servicing system's status cycle, and two
+# problems a risk committee should see (``streams/portfolio.py`` watches for
+# them): a deteriorating cohort and a concentrated region.
+
+#: Borrowers' industries and their weights.
+BOOK_INDUSTRIES: Final = (
+    ("retail", 0.22), ("services", 0.20), ("catering", 0.14), ("manufacturing", 0.14),
+    ("logistics", 0.12), ("construction", 0.10), ("agriculture", 0.08),
+)  # fmt: skip
+BOOK_AGE_BANDS: Final = (
+    ("18-24", 0.08), ("25-34", 0.30), ("35-44", 0.31), ("45-54", 0.21), ("55-64", 0.08),
+    ("65+", 0.02),
+)  # fmt: skip
+BOOK_TERMS: Final = (6, 12, 12, 24, 36)
+#: Dealers originate this share of the loans; the rest comes through the app or the web.
+BOOK_DEALER_SHARE: Final = 0.3
+BOOK_DEALERS: Final = 30
+#: A few dealers bring more loans than the others (Zipf-like, but none dominates).
+_BOOK_DEALER_NUMBERS: Final = tuple(range(1, BOOK_DEALERS + 1))
+_BOOK_DEALER_WEIGHTS: Final = tuple(1.0 / number**0.5 for number in _BOOK_DEALER_NUMBERS)
+#: Days past due after which the servicing system writes a loan off.
+BOOK_WRITE_OFF_DAYS: Final = 180
+
+
+def _book_add_months(moment: datetime, months: int) -> datetime:
+    index = moment.year * 12 + moment.month - 1 + months
+    year, month = divmod(index, 12)
+    day = min(moment.day, (datetime(year + (month + 1) // 12, (month + 1) % 12 + 1, 1,
+                                    tzinfo=UTC) - datetime(year, month + 1, 1, tzinfo=UTC)).days)
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def _book_time(epoch: float) -> str:
+    moment = datetime.fromtimestamp(math.floor(epoch * 1000) / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class _BookLoan:
+    """One simulated loan and how its borrower pays."""
+
+    account_id: str
+    loan_id: str
+    disbursed_at: datetime
+    principal_minor: int
+    term_months: int
+    region: str
+    age_band: str
+    industry: str
+    dealer: str | None
+    channel: str
+    behaviour: str  # "good", "slow" or "default"
+    stops_after: int  # instalments paid before a "default" borrower stops
+    prepays_after: int | None  # a "good" borrower repays everything after this instalment
+
+
+def _book_loan_events(loan: _BookLoan, rng: random.Random,
+                      horizon: float) -> list[tuple[float, dict[str, Any]]]:
+    """Disbursement, repayments and status cycle of one loan, up to ``horizon``."""
+    principal, term = loan.principal_minor, loan.term_months
+    instalment = math.ceil(principal * (1 + 0.012 * term) / term)
+    total_due = instalment * term
+    disbursed = loan.disbursed_at.timestamp()
+    dues = [_book_add_months(loan.disbursed_at, k).timestamp() for k in range(1, term + 1)]
+    base = {"account_id": loan.account_id, "loan_id": loan.loan_id}
+    events: list[tuple[float, dict[str, Any]]] = []
+    disbursement = {
+        **base, "event_type": "loan_disbursement", "amount": _money(principal),
+        "currency": CURRENCY, "due_date": datetime.fromtimestamp(dues[-1], UTC).date().isoformat(),
+        "term_months": term, "age_band": loan.age_band, "industry": loan.industry,
+        "region": loan.region, "channel": loan.channel,
+    }
+    if loan.dealer is not None:
+        disbursement["dealer"] = loan.dealer
+    events.append((disbursed, disbursement))
+
+    # When each instalment is paid (None: never).
+    paid_at: list[float | None] = []
+    last = disbursed
+    for k, due in enumerate(dues, start=1):
+        if loan.behaviour == "default" and k > loan.stops_after:
+            paid_at.append(None)
+            continue
+        if loan.behaviour == "slow":
+            planned = due + rng.uniform(-2.0, 40.0) * _DAY
+        else:
+            planned = due - rng.uniform(0.2, 4.0) * _DAY
+        last = max(planned, last + _HOUR)
+        paid_at.append(last)
+    payments: list[tuple[float, int]] = []
+    for k, at in enumerate(paid_at, start=1):
+        if at is None:
+            break
+        if loan.prepays_after is not None and k > loan.prepays_after:
+            # Early repayment of everything left, a few days after the last instalment.
+            payments.append((payments[-1][0] + rng.uniform(1.0, 10.0) * _DAY,
+                             total_due - instalment * loan.prepays_after))
+            break
+        payments.append((at, instalment))
+
+    def outstanding(paid_minor: int) -> int:
+        return max(0, principal - principal * paid_minor // total_due)
+
+    def arrears_days(at: float, instalments_paid: int) -> int:
+        oldest_unpaid = instalments_paid  # index of the first unpaid instalment
+        if oldest_unpaid >= term or dues[oldest_unpaid] > at:
+            return 0
+        return math.floor((at - dues[oldest_unpaid]) / _DAY)
+
+    def status(at: float, state: str, days: int, paid_minor: int) -> None:
+        events.append((at, {
+            **base, "event_type": "loan_status", "status": state, "days_past_due": days,
+            "outstanding": _money(0 if state == "repaid" else outstanding(paid_minor)),
+            "currency": CURRENCY,
+        }))
+
+    paid_minor = 0
+    instalments_paid = 0
+    delinquent = False
+    cycles = [due + _DAY + rng.uniform(0.0, 3.0) * _HOUR for due in dues]
+    # After the term, the status keeps coming monthly until the loan is settled.
+    after = _book_add_months(loan.disbursed_at, term)
+    for extra in range(1, 8):
+        cycles.append(_book_add_months(after, extra).timestamp() + _DAY)
+    timeline = sorted([(at, "pay", amount) for at, amount in payments]
+                      + [(at, "cycle", 0) for at in cycles])
+    for at, kind, amount in timeline:
+        if at > horizon:
+            break
+        if kind == "pay":
+            paid_minor = min(total_due, paid_minor + amount)
+            instalments_paid = min(term, paid_minor // instalment)
+            events.append((at, {**base, "event_type": "loan_repayment",
+                                "amount": _money(amount), "currency": CURRENCY,
+                                "channel": loan.channel, "region": loan.region}))
+            if paid_minor >= total_due:
+                status(at + rng.uniform(0.5, 3.0) * _HOUR, "repaid", 0, paid_minor)
+                break
+            if delinquent and arrears_days(at, instalments_paid) == 0:
+                delinquent = False  # cured: the servicer says so right away
+                status(at + rng.uniform(0.5, 3.0) * _HOUR, "current", 0, paid_minor)
+            continue
+        days = arrears_days(at, instalments_paid)
+        if days > BOOK_WRITE_OFF_DAYS:
+            status(at, "written_off", days, paid_minor)
+            break
+        delinquent = days > 0
+        status(at, "delinquent" if delinquent else "current", days, paid_minor)
+    return events
+
+
+def lending_book(
+    seed: int = 0,
+    *,
+    borrowers: int = 1500,
+    start: datetime = DEFAULT_START,
+    months: int = 9,
+    origination_months: int = 6,
+    default_rate: float = 0.03,
+    slow_rate: float = 0.10,
+    prepay_rate: float = 0.08,
+    concentrated_region: str = "CN-GD",
+    region_boost: float = 2.5,
+    cohort_month: int = 2,
+    cohort_dealer: str = "dealer-013",
+    cohort_dealer_share: float = 0.5,
+    cohort_default_rate: float = 0.5,
+    late_share: float = 0.01,
+    duplicate_share: float = 0.005,
+) -> list[dict[str, Any]]:
+    """A seeded lending book as contract events, in the order they are published.
+
+    Pure and deterministic like :func:`generate`. Borrowers take one loan
+    each, disbursed over the first ``origination_months``; they repay monthly
+    instalments (``good`` just before the due date, some of them repaying
+    everything early; ``slow`` up to 40 days late; ``default`` stops after a
+    few instalments and is written off beyond 180 days past due). The
+    servicing system sends a ``loan_status`` a day after each due date, when
+    a late payment cures a loan, and when a loan is repaid or written off.
+
+    Two problems are built in:
+
+    * **a deteriorating cohort**: in month ``cohort_month`` (0 = the first),
+      ``cohort_dealer`` originates ``cohort_dealer_share`` of the loans, and
+      ``cohort_default_rate`` of those default, most of them without paying
+      a single instalment: roll rates jump a few months later and that
+      vintage stands out at 3 months on book;
+    * **a concentrated region**: ``concentrated_region`` gets ``region_boost``
+      times its usual weight (about 38% of the principal by default), and one
+      large borrower (``...-acct-000000``) holds a few percent of the book.
+
+    Delivery is imperfect as in production: ``late_share`` of the repayments
+    and statuses arrive up to three days after later events, and
+    ``duplicate_share`` of the events are sent twice (same ``event_id``).
+
+    Parameters
+    ----------
+    seed
+        Seeds everything; ids are ``lb<seed>-...``.
+    borrowers
+        Loans in the book (one per borrower).
+    start
+        Event time of the first disbursement window (timezone-aware).
+    months
+        Event time simulated: nothing after ``start`` plus this many months.
+    """
+    if borrowers < 10 or months < 1 or not 1 <= origination_months <= months:
+        message = "need borrowers >= 10 and 1 <= origination_months <= months"
+        raise ValueError(message)
+    if start.tzinfo is None:
+        message = f"start must be timezone-aware, not {start.isoformat()}"
+        raise ValueError(message)
+    rng = random.Random(f"txwatch-lending-book/{seed}")
+    start = start.astimezone(UTC)
+    horizon = _book_add_months(start, months).timestamp()
+    window = _book_add_months(start, origination_months).timestamp() - start.timestamp()
+    regions = [(name, weight * (region_boost if name == concentrated_region else 1.0))
+               for name, weight, _, _ in REGIONS]
+    cohort_from = _book_add_months(start, cohort_month).timestamp()
+    cohort_to = _book_add_months(start, cohort_month + 1).timestamp()
+    planned: list[tuple[float, int, dict[str, Any]]] = []
+    for index in range(borrowers):
+        disbursed = start.timestamp() + rng.random() * window
+        whale = index == 0
+        in_cohort = cohort_from <= disbursed < cohort_to and rng.random() < cohort_dealer_share
+        if in_cohort:
+            dealer: str | None = cohort_dealer
+        elif rng.random() < BOOK_DEALER_SHARE:
+            dealer = f"dealer-{rng.choices(_BOOK_DEALER_NUMBERS, _BOOK_DEALER_WEIGHTS)[0]:03d}"
+        else:
+            dealer = None
+        roll = rng.random()
+        bad_rate = cohort_default_rate if in_cohort else default_rate
+        behaviour = "good" if whale else (
+            "default" if roll < bad_rate else "slow" if roll < bad_rate + slow_rate else "good")
+        term = 36 if whale else rng.choice(BOOK_TERMS)
+        principal = 120_000_000 if whale else max(
+            500_000, round(rng.lognormvariate(math.log(3_000_000), 0.7) / 100_000) * 100_000)
+        stops_after = (rng.choice((0, 0, 0, 1)) if in_cohort else rng.randint(1, 4))
+        prepays = (rng.randint(1, term - 1) if behaviour == "good" and not whale
+                   and rng.random() < prepay_rate else None)
+        loan = _BookLoan(
+            account_id=f"lb{seed}-acct-{index:06d}",
+            loan_id=f"lb{seed}-loan-{index:06d}",
+            disbursed_at=datetime.fromtimestamp(disbursed, UTC),
+            principal_minor=principal,
+            term_months=term,
+            region=concentrated_region if whale else _pick(rng, regions),
+            age_band=_pick(rng, BOOK_AGE_BANDS),
+            industry=_pick(rng, BOOK_INDUSTRIES),
+            dealer=dealer,
+            channel="web" if dealer is None and rng.random() < 0.2 else "app",
+            behaviour=behaviour,
+            stops_after=stops_after,
+            prepays_after=prepays,
+        )
+        for at, body in _book_loan_events(loan, rng, horizon):
+            planned.append((at, len(planned), body))
+    planned.sort(key=lambda item: (item[0], item[1]))
+    outgoing: list[tuple[float, int, dict[str, Any]]] = []
+    for number, (at, _, body) in enumerate(planned):
+        event = {"event_id": f"lb{seed}-{number:08d}", "event_type": body["event_type"],
+                 "occurred_at": _book_time(at)}
+        event.update((k, v) for k, v in body.items() if k != "event_type")
+        sent_at = at
+        if body["event_type"] != "loan_disbursement" and rng.random() < late_share:
+            sent_at = at + rng.uniform(1.0, 72.0) * _HOUR  # held up in a batch job
+        outgoing.append((sent_at, len(outgoing), event))
+        if rng.random() < duplicate_share:
+            outgoing.append((sent_at + rng.uniform(0.0, 1.0) * _HOUR, len(outgoing), event))
+    outgoing.sort(key=lambda item: (item[0], item[1]))
+    return [event for _, _, event in outgoing]
+
+
+async def simulate_lending_book(
+    settings: Settings,
+    *,
+    seed: int = 0,
+    borrowers: int = 1500,
+    months: int = 9,
+    rate: float | None = None,
+    progress: Progress | None = None,
+    start: datetime | None = None,
+    create_topics: bool = True,
+    producer_factory: ProducerFactory = kafka_producer,
+) -> SimulationReport:
+    """Publish :func:`lending_book` to the lending topic, keyed by borrower account.
+
+    Parameters
+    ----------
+    settings
+        Broker, lending topic and partitions.
+    seed, borrowers, months, start
+        As for :func:`lending_book`.
+    rate
+        Events per second on a drift-free schedule; ``None``: as fast as possible.
+    progress
+        Called with a line of text about every 2 s.
+    create_topics, producer_factory
+        As for :func:`simulate`.
+    """
+    _positive("rate", rate)
+    events = lending_book(seed, borrowers=borrowers, months=months,
+                          start=start or DEFAULT_START)
+    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
+    producer = producer_factory(settings)
+    await producer.start()
+    by_type: Counter[str] = Counter()
+    try:
+        publisher = _Publisher(
+            producer, rate=rate, acceleration=None, progress=progress, name="lending book"
+        )
+        for event in events:
+            await publisher.send(settings.lending_topic, message_key(event["account_id"]),
+                                 encode(event))
+            by_type[event["event_type"]] += 1
+            if publisher.report_due():
+                publisher.report(f"event time {event['occurred_at']}")
+        await publisher.finish()
+        publisher.report(f"{len(events):,} events")
+    finally:
+        await producer.stop()
+    times = sorted(event["occurred_at"] for event in events)
+    return SimulationReport(
+        sent=publisher.sent,
+        delivered=publisher.delivered,
+        failed=publisher.failed,
+        by_topic=dict(publisher.by_topic),
+        by_type=dict(by_type),
+        incidents={},
+        labelled=0,
+        elapsed_seconds=publisher.elapsed,
+        first_occurred_at=times[0] if times else None,
+        last_occurred_at=times[-1] if times else None,
         topics_created=tuple(created),
         first_error=publisher.first_error,
     )

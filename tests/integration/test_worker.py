@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detectors.registry import DEFAULT_CONFIG
 from streams.broker import create_topics
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 
@@ -78,7 +79,7 @@ async def test_scenarios_produce_their_alerts_with_reasons_and_metrics(env, tmp_
         assert sum(a["detector"] == "velocity" for a in alerts) == 1
         assert not [a for a in alerts if a["account_id"].startswith("acct-quiet")]
         for alert in alerts:
-            assert alert["config_version"] == "defaults-1"
+            assert alert["config_version"] == DEFAULT_CONFIG["version"]
             assert alert["detected_at"] >= alert["occurred_at"]
         assert worker.metric("txwatch_alerts_total", detector="velocity") == 1
         assert worker.metric("txwatch_alerts_total", detector="amount_outlier") >= 1

@@ -611,7 +611,7 @@ STRICT_DRAFT_07 = {
     },
     "$ref": "#/definitions/schema",
 }
-SCHEMA_NAMES = sorted(EVENT_TYPES | {"common", "alert", "dead_letter"})
+SCHEMA_NAMES = sorted(EVENT_TYPES | {"common", "alert", "dead_letter", "feedback"})
 
 
 def test_schema_files_are_exactly_the_contract() -> None:

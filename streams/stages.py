@@ -1,0 +1,246 @@
+"""Derived stages: state keyed by something other than the account.
+
+Some risks are invisible from one account: money circling through a ring of
+accounts, one national ID behind many borrowers, many brand-new accounts
+pledging to one project. Stage 1 (:mod:`streams.pipeline`, keyed by account)
+therefore *forwards* small records to internal topics keyed by another entity,
+and a stage-2 agent per topic keeps one bounded sketch per key and runs
+stateless detectors over the features the sketch computes:
+
+=========  =====================  ==========================================
+stage      key                    records
+=========  =====================  ==========================================
+flow       account (receiver,     ``edge`` u->v at v, carrying u's origins;
+           or sender for back)    ``back`` v->u at u, carrying v's dests
+identity   identity hash          an account seen with a device, phone or
+                                  national-ID hash
+project    project id             pledges, refunds and payouts
+=========  =====================  ==========================================
+
+Every internal topic is keyed like the input topics and has the same number
+of partitions, so Faust assigns partition *p* of all of them to one worker:
+the flow sketch of account *u* lives on the worker that processes *u*'s
+payments, which is how an outgoing edge can carry *u*'s origins without a
+remote read. Each stage's records, alerts and changelog writes follow the same
+batch discipline as stage 1 (``streams/agents.py``).
+
+This module never imports Faust; the agents are in :mod:`streams.agents`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+import orjson
+
+from detectors.base import ThresholdAlerter
+from streams.alerts import Alert
+from streams.events import Event
+from streams.sensors import Sensor
+from streams.state import RECENT_IDS, short_hash
+
+log = logging.getLogger(__name__)
+
+FLOW: Final = "flow"
+IDENTITY: Final = "identity"
+PROJECT: Final = "project"
+STAGES: Final = (FLOW, IDENTITY, PROJECT)
+
+#: Event types whose counterparty edge feeds the money-flow stage. Card and
+#: merchant payments are left out on purpose: every merchant would look like a
+#: laundering hub.
+FLOW_EVENT_TYPES: Final = frozenset({"transfer"})
+#: Event types whose personal-identifier hashes feed the identity stage.
+IDENTITY_EVENT_TYPES: Final = frozenset(
+    {"account_opened", "loan_application", "loan_disbursement", "login"}
+)
+IDENTITY_KINDS: Final = ("device_id", "phone", "national_id")
+PROJECT_EVENT_TYPES: Final = frozenset({"pledge", "pledge_refund", "project_payout"})
+
+
+class Sketch(Protocol):
+    """What a stage keeps per key (``detectors/flow.py`` and friends)."""
+
+    def to_state(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A record for a derived stage, keyed by that stage's entity."""
+
+    stage: str
+    key: str
+    record: dict[str, Any]
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.record)
+
+
+@dataclass(slots=True)
+class StageEntry:
+    """One key's sketch plus the replay guard, as stored in the stage's table."""
+
+    sketch: Any
+    offset: int = -1
+    recent_ids: list[int] = field(default_factory=list)
+
+    def dumps(self) -> bytes:
+        return orjson.dumps([self.offset, self.recent_ids, self.sketch.to_state()])
+
+
+@dataclass(slots=True)
+class StageOutcome:
+    alerts: list[Alert] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+    key: bytes | None = None
+    rejected: str | None = None
+
+
+class DerivedStage:
+    """Processes one stage's records: sketch update, detectors, follow-up records.
+
+    Parameters
+    ----------
+    name
+        ``flow``, ``identity`` or ``project``.
+    new_sketch
+        Makes an empty sketch.
+    load_sketch
+        Rebuilds a sketch from its ``to_state()``.
+    observe
+        ``observe(sketch, record) -> (features | None, forwards)``: updates the
+        sketch with one record and returns the detectors' features (``None``
+        when the record only updates state) and any follow-up records.
+    alerters
+        This stage's detectors with their thresholds.
+    """
+
+    def __init__(self, name: str, new_sketch: Callable[[], Any], load_sketch: Callable[[Any], Any],
+                 observe: Callable[[Any, dict[str, Any]], tuple[dict[str, Any] | None,
+                                                                  list[Forward]]],
+                 alerters: Sequence[ThresholdAlerter], config_version: str,
+                 sensor: Sensor | None = None) -> None:
+        self.name = name
+        self.new_sketch = new_sketch
+        self.load_sketch = load_sketch
+        self.observe = observe
+        self.alerters = list(alerters)
+        self.config_version = config_version
+        self.sensor = sensor or Sensor()
+
+    def entry(self, states: MutableMapping[Any, Any], key: bytes) -> StageEntry:
+        """The key's entry, created or rebuilt from its recovered JSON form."""
+        value = states.get(key)
+        if isinstance(value, StageEntry):
+            return value
+        if value is None:
+            entry = StageEntry(self.new_sketch())
+        else:
+            offset, recent, sketch_state = value
+            entry = StageEntry(self.load_sketch(sketch_state), offset, list(recent))
+        states[key] = entry
+        return entry
+
+    def peek(self, states: Mapping[Any, Any], key: bytes) -> Any:
+        """The sketch for ``key`` without creating one (``None`` when unseen)."""
+        value = states.get(key)
+        if value is None:
+            return None
+        if isinstance(value, StageEntry):
+            return value.sketch
+        return self.load_sketch(value[2])
+
+    def process(self, raw: bytes, states: MutableMapping[Any, Any], *, offset: int | None,
+                now: datetime | None = None,
+                source_timestamp: float | None = None) -> StageOutcome:
+        """Handle one record. Never raises: an unusable record is logged and rejected."""
+        try:
+            record = orjson.loads(raw)
+            key = record["_key"].encode()
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            log.error("stage %s: unusable internal record at offset %s: %s",
+                      self.name, offset, type(exc).__name__)
+            return StageOutcome(rejected=type(exc).__name__)
+        entry = self.entry(states, key)
+        event_id = f"{record.get('kind', '')}:{record.get('event_id', '')}"
+        digest = short_hash(event_id)
+        if (offset is not None and offset <= entry.offset) or digest in entry.recent_ids:
+            return StageOutcome()
+        try:
+            features, forwards = self.observe(entry.sketch, record)
+        except Exception as exc:  # a sketch bug must not stop the partition
+            log.exception("stage %s: record %s failed", self.name, event_id)
+            return StageOutcome(key=key, rejected=type(exc).__name__)
+        if offset is not None:
+            entry.offset = offset
+        entry.recent_ids.append(digest)
+        if len(entry.recent_ids) > RECENT_IDS:
+            del entry.recent_ids[0]
+        alerts: list[Alert] = []
+        if features is not None:
+            detected_at = now or datetime.now(UTC)
+            event = _event_of(record, features)
+            for alerter in self.alerters:
+                finding, _ = alerter.process_one(features)
+                self.sensor.on_score(alerter.name, alerter.last_score)
+                if finding is None:
+                    continue
+                alert = Alert.from_finding(finding, event, detected_at, self.config_version)
+                alerts.append(alert)
+                self.sensor.on_alert(alert, source_timestamp)
+        return StageOutcome(alerts=alerts, forwards=forwards, key=key)
+
+
+def _event_of(record: Mapping[str, Any], features: Mapping[str, Any]) -> Event:
+    """The event an alert of this stage points at (the source event of the record)."""
+    ts = int(record.get("ts", 0))
+    amount = record.get("amount_minor")
+    return Event(
+        event_id=str(record.get("event_id", "")),
+        event_type=str(record.get("event_type", record.get("kind", "derived"))),
+        occurred_at=datetime.fromtimestamp(ts, UTC),
+        account_id=str(features.get("account_id") or record.get("account_id") or ""),
+        amount_minor=amount if isinstance(amount, int) else None,
+        currency="CNY" if isinstance(amount, int) else None,
+        counterparty_id=features.get("counterparty_id"),
+    )
+
+
+def forwards_for(event: Event, x: Mapping[str, Any],
+                 peek_flow: Callable[[str], Any] | None,
+                 origins_for_edge: Callable[[Any, str, int], Any] | None) -> list[Forward]:
+    """The records stage 1 sends on for one accepted event."""
+    out: list[Forward] = []
+    ts = int(x["ts"])
+    amount = event.amount_minor
+    if (event.event_type in FLOW_EVENT_TYPES and event.counterparty_id
+            and event.counterparty_id != event.account_id and origins_for_edge is not None):
+        sketch = peek_flow(event.account_id) if peek_flow is not None else None
+        out.append(Forward(FLOW, event.counterparty_id, {
+            "_key": event.counterparty_id, "kind": "edge", "event_id": event.event_id,
+            "event_type": event.event_type, "ts": ts, "sender": event.account_id,
+            "receiver": event.counterparty_id, "amount_minor": amount,
+            "sender_origins": origins_for_edge(sketch, event.account_id, ts),
+        }))
+    if event.event_type in IDENTITY_EVENT_TYPES:
+        for kind in IDENTITY_KINDS:
+            digest = event.pii.get(kind)
+            if digest:
+                out.append(Forward(IDENTITY, f"{kind}:{digest}", {
+                    "_key": f"{kind}:{digest}", "kind": "identity", "identity_kind": kind,
+                    "event_id": event.event_id, "event_type": event.event_type, "ts": ts,
+                    "account_id": event.account_id, "amount_minor": amount,
+                }))
+    project = event.attributes.get("project_id")
+    if event.event_type in PROJECT_EVENT_TYPES and isinstance(project, str) and project:
+        out.append(Forward(PROJECT, project, {
+            "_key": project, "kind": "project", "event_type": event.event_type,
+            "event_id": event.event_id, "ts": ts, "account_id": event.account_id,
+            "amount_minor": amount, "device_id_hash": event.pii.get("device_id"),
+            "account_events": x.get("account_events", 0), "project_id": project,
+        }))
+    return out
