@@ -4,14 +4,15 @@ A configuration is a JSON-compatible mapping (the worker reads it from the file
 named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
 
     {
-      "version": "defaults-1",
+      "version": "defaults-2",
       "detectors": {
         "<detector name>": {
           "params": {...},              # constructor arguments; defaults when left out
           "threshold": 4.0,             # required: scores at or above it alert
           "severity": "medium",         # low | medium | high | critical (default high)
           "critical_threshold": 8.0,    # optional: scores at or above it are critical
-          "learn_flagged": false        # optional: learn from flagged events (default no)
+          "learn_flagged": false        # optional: learn from flagged events (default no;
+                                        # always on for detectors that keep a ledger)
         }
       }
     }
@@ -19,6 +20,13 @@ named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
 ``version`` is stamped on every alert (``config_version``) so an alert can be
 traced to the thresholds that raised it; change it whenever anything else here
 changes.
+
+A detector whose class sets ``keeps_ledger = True`` (``structuring``,
+``rapid_pass_through``, ``fan_out``, ``precipitated_funds``,
+``borrow_and_vanish``) keeps facts in its state, amounts and counterparties
+in a window, a balance or open loans, that every event must update whether
+or not it was flagged: its ``learn_flagged`` defaults to true and may not be
+set to false.
 """
 
 from __future__ import annotations
@@ -29,20 +37,41 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+from detectors.account_takeover import AccountTakeover
 from detectors.amount_outlier import AmountOutlier
 from detectors.base import SEVERITIES, Detector, KeyedDetector, ThresholdAlerter
+from detectors.blacklist import Blacklist
+from detectors.borrow_and_vanish import BorrowAndVanish
+from detectors.fan_out import FanOut
+from detectors.fund_segregation import FundSegregation
 from detectors.halfspace import GlobalAnomaly
+from detectors.precipitated_funds import PrecipitatedFunds
+from detectors.rapid_pass_through import RapidPassThrough
+from detectors.structuring import Structuring
 from detectors.velocity import VelocityLimits
 
 #: Every detector the configuration can name, by its ``name``.
 DETECTORS: Final[Mapping[str, type[Detector] | type[KeyedDetector[Any]]]] = {
-    cls.name: cls for cls in (VelocityLimits, AmountOutlier, GlobalAnomaly)
+    cls.name: cls
+    for cls in (
+        VelocityLimits,
+        AmountOutlier,
+        GlobalAnomaly,
+        Structuring,
+        RapidPassThrough,
+        FanOut,
+        FundSegregation,
+        PrecipitatedFunds,
+        AccountTakeover,
+        Blacklist,
+        BorrowAndVanish,
+    )
 }
 
 #: The packaged configuration. Treat it as read-only: :func:`build_alerters`
 #: copies what it uses, and ``copy.deepcopy`` gives a version to edit.
 DEFAULT_CONFIG: Final[dict[str, Any]] = {
-    "version": "defaults-1",
+    "version": "defaults-2",
     "detectors": {
         "velocity": {
             "params": {
@@ -70,6 +99,110 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "threshold": 0.9,
             "severity": "low",
         },
+        "structuring": {
+            # Three deposits or transfers of 45,000.00 to 49,999.99 within a day, under the
+            # 50,000.00 cash reporting threshold of the PBoC's large-transaction rules.
+            "params": {
+                "threshold_minor": 5_000_000,
+                "band_fraction": 0.9,
+                "min_count": 3,
+                "window_seconds": 86_400,
+                "event_types": ["transfer", "top_up", "withdrawal"],
+            },
+            "threshold": 1.0,
+            "severity": "high",
+            "learn_flagged": True,
+        },
+        "rapid_pass_through": {
+            # 80% of at least 10,000.00 received gone again within 30 minutes.
+            "params": {
+                "window_seconds": 1_800,
+                "min_inflow_minor": 1_000_000,
+                "bucket_seconds": 60,
+            },
+            "threshold": 0.8,
+            "severity": "high",
+            "learn_flagged": True,
+        },
+        "fan_out": {
+            # Transfers to ten different accounts in a day; the simulator's customers
+            # transfer to two to six contacts.
+            "params": {
+                "min_distinct": 10,
+                "window_seconds": 86_400,
+                "event_types": ["transfer"],
+                # Paying many customers is what escrow and platform accounts are for.
+                "exempt_accounts": [
+                    "escrow-001", "escrow-002", "reserve-001", "platform-ops-001",
+                    "platform-fees-001",
+                ],
+            },
+            "threshold": 1.0,
+            "severity": "medium",
+            "learn_flagged": True,
+        },
+        "fund_segregation": {
+            # The account ids of the simulator's (and the demo's) escrow and platform accounts.
+            "params": {
+                "escrow_accounts": ["escrow-001", "escrow-002", "reserve-001"],
+                "platform_accounts": ["platform-ops-001", "platform-fees-001"],
+                "event_types": ["transfer", "payment", "withdrawal"],
+            },
+            "threshold": 1.0,
+            "severity": "critical",
+        },
+        "precipitated_funds": {
+            # More than 50,000.00 held for three days.
+            "params": {"balance_limit_minor": 5_000_000, "max_dwell_seconds": 259_200},
+            "threshold": 1.0,
+            "severity": "medium",
+            "learn_flagged": True,
+        },
+        "account_takeover": {
+            # Within an hour of a credential change or a login from a new device: an outflow
+            # of at least 1,000.00 that is 10x the usual or 50,000.00. At 5x the usual,
+            # ordinary accounts of the simulator raised twice as many alerts for the same
+            # takeovers caught.
+            "params": {
+                "window_seconds": 3_600,
+                "known_devices": 8,
+                "large_outflow_minor": 5_000_000,
+                "usual_multiple": 10.0,
+                "min_outflow_minor": 100_000,
+                "min_history": 3,
+            },
+            "threshold": 1.0,
+            "severity": "high",
+        },
+        "blacklist": {
+            # HMAC-SHA256 under the *development* PII key of the simulator's synthetic
+            # listed people (streams.simulate.dishonest_persons): they match only in local
+            # runs with the default key. A deployment lists its own hashes, computed with
+            # its key by streams.codec.hash_pii, in its TXWATCH_DETECTOR_CONFIG file.
+            "params": {
+                "hashes": [
+                    "8d512f7e2f49868bd2592bce4fddfe66", "5f22917498e118a7537e30c652747c59",
+                    "56f60d118a474595ee438b635ac272d8", "ef22e03d28aecfb35b1664eade58fd02",
+                    "0ebfbd3cd2677a1be8f98a5aeac6f9bc", "b295d57f3e0e6d630da1824966a2755c",
+                    "4e9ff63821fb54afbb1181eb762e1b2c", "369b67f39b5ee7b4379f846b3df62189",
+                ],
+                "fields": ["national_id_hash", "phone_hash", "device_id_hash"],
+            },
+            "threshold": 1.0,
+            "severity": "high",
+        },
+        "borrow_and_vanish": {
+            # 80% of a loan taken out and no repayment by the end of its due date.
+            "params": {
+                "cash_out_types": ["withdrawal", "transfer"],
+                "grace_seconds": 0,
+                "default_due_seconds": 2_592_000,
+                "max_open_loans": 4,
+            },
+            "threshold": 0.8,
+            "severity": "high",
+            "learn_flagged": True,
+        },
     },
 }
 
@@ -94,8 +227,19 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
 
     Examples
     --------
-    >>> [(a.name, a.threshold, a.severity) for a in build_alerters(DEFAULT_CONFIG)]
-    [('velocity', 1.0, 'high'), ('amount_outlier', 3.5, 'medium'), ('global_anomaly', 0.9, 'low')]
+    >>> for a in build_alerters(DEFAULT_CONFIG):
+    ...     print(a.name, a.threshold, a.severity, a.learn_flagged)
+    velocity 1.0 high False
+    amount_outlier 3.5 medium False
+    global_anomaly 0.9 low False
+    structuring 1.0 high True
+    rapid_pass_through 0.8 high True
+    fan_out 1.0 medium True
+    fund_segregation 1.0 critical False
+    precipitated_funds 1.0 medium True
+    account_takeover 1.0 high False
+    blacklist 1.0 high False
+    borrow_and_vanish 0.8 high True
     >>> build_alerters({"version": "v2", "detectors": {"velocity": {"threshold": 1.0}}})
     Traceback (most recent call last):
     ...
@@ -144,9 +288,16 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
     if severity not in SEVERITIES:
         message = f"{where}.severity must be one of {list(SEVERITIES)}, not {severity!r}"
         raise ValueError(message)
-    learn_flagged = spec.get("learn_flagged", False)
+    keeps_ledger = bool(getattr(cls, "keeps_ledger", False))
+    learn_flagged = spec.get("learn_flagged", keeps_ledger)
     if not isinstance(learn_flagged, bool):
         message = f"{where}.learn_flagged must be true or false, not {learn_flagged!r}"
+        raise ValueError(message)
+    if keeps_ledger and not learn_flagged:
+        message = (
+            f"{where}.learn_flagged must be true: {name} keeps a ledger (amounts in a"
+            f" window, balances, open loans) that every event must update, flagged or not"
+        )
         raise ValueError(message)
 
     detector = _build_detector(cls, spec.get("params", {}), f"{where}.params")

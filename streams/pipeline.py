@@ -32,7 +32,10 @@ PROCESSING_ERROR = "processing_error"
 
 #: Seconds of event time during which a detector stays quiet for an account
 #: after alerting on it, so one burst is one alert, not one per event.
-DEFAULT_COOLDOWN_SECONDS: dict[str, int] = {"velocity": 60, "global_anomaly": 300}
+DEFAULT_COOLDOWN_SECONDS: dict[str, int] = {
+    "velocity": 60, "global_anomaly": 300, "fan_out": 3600, "rapid_pass_through": 1800,
+    "account_takeover": 3600, "structuring": 3600,
+}
 
 
 @dataclass(slots=True)

@@ -12,17 +12,21 @@ import pytest
 
 from detectors.base import Detector, Features, KeyedDetector, ThresholdAlerter
 from detectors.checks import (
+    ANOMALY_KINDS,
+    TARGET_KINDS,
     AlerterFactory,
     Check,
     check_beats_chance,
     check_clone_is_fresh,
     check_flagged_not_learnt,
     check_id,
+    check_ledger_learns_every_event,
     check_missing_optional_fields,
     check_seeded_repeatability,
     check_snapshot_restore,
     check_state_json_round_trip,
     checks_for,
+    labelled_stream,
 )
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, build_alerters
 
@@ -51,6 +55,25 @@ CASES = [
 
 def test_every_registered_detector_has_a_default_configuration() -> None:
     assert set(DETECTORS) == set(DEFAULT_CONFIG["detectors"])
+
+
+def test_every_registered_detector_names_the_anomalies_it_exists_to_catch() -> None:
+    assert set(TARGET_KINDS) == set(DETECTORS)
+    targeted = {kind for kinds in TARGET_KINDS.values() for kind in kinds}
+    assert targeted == set(ANOMALY_KINDS)
+    injected = {event.anomaly for event in labelled_stream()} - {None}
+    assert injected == set(ANOMALY_KINDS)
+
+
+def test_ledger_detectors_learn_flagged_events_and_others_do_not() -> None:
+    for name, cls in DETECTORS.items():
+        (alerter,) = build_alerters(
+            {"version": "v", "detectors": {name: DEFAULT_CONFIG["detectors"][name]}}
+        )
+        assert alerter.learn_flagged == getattr(cls, "keeps_ledger", False), name
+        names = [check.__name__ for check in checks_for(alerter)]
+        ledger = "check_ledger_learns_every_event" in names
+        assert ledger != ("check_flagged_not_learnt" in names), name
 
 
 @pytest.mark.parametrize(("name", "check"), CASES)
@@ -178,10 +201,31 @@ class _TupleState(KeyedDetector[Any]):
         return [f"{state[0]} events"]
 
 
+class _ForgetfulLedger(KeyedDetector[list[int]]):
+    """A running balance that, under a default alerter, misses the events it flags."""
+
+    name = "forgetful_ledger"
+    keeps_ledger = True
+
+    def new_state(self) -> list[int]:
+        return [0]
+
+    def score_one(self, x: Features, state: list[int]) -> float:
+        return float(x.get("amount_minor", 0) >= 1_000_000)
+
+    def learn_one(self, x: Features, state: list[int]) -> list[int]:
+        sign = 1 if x.get("is_inflow") else -1 if x.get("is_outflow") else 0
+        return [max(0, state[0] + sign * x.get("amount_minor", 0))]
+
+    def explain_one(self, x: Features, state: list[int], score: float) -> list[str]:
+        return [f"balance {state[0]}"]
+
+
 @pytest.mark.parametrize(
     ("detector", "check"),
     [
         pytest.param(_UnseededNoise(), check_seeded_repeatability, id="seeded_repeatability"),
+        pytest.param(_ForgetfulLedger(), check_ledger_learns_every_event, id="ledger"),
         pytest.param(_RaisesOnMissingWindow(), check_missing_optional_fields, id="missing_fields"),
         pytest.param(_FlagsTheOrdinary(), check_beats_chance, id="beats_chance"),
         pytest.param(_LiveSnapshot(), check_snapshot_restore, id="snapshot_restore"),
@@ -198,3 +242,18 @@ def test_check_fails_a_detector_that_breaks_its_rule(
 
     with pytest.raises(AssertionError):
         check(factory)
+
+
+def test_ledger_check_fails_a_ledger_that_counts_flagged_events_twice() -> None:
+    class _DoubleCounting(_ForgetfulLedger):
+        def score_one(self, x: Features, state: list[int]) -> float:
+            score = super().score_one(x, state)
+            if score:
+                state[0] += x["amount_minor"]  # learning while scoring
+            return score
+
+    def factory() -> ThresholdAlerter:
+        return ThresholdAlerter(_DoubleCounting(), threshold=1.0, learn_flagged=True)
+
+    with pytest.raises(AssertionError, match="differs from the one learnt"):
+        check_ledger_learns_every_event(factory)

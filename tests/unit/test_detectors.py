@@ -453,7 +453,7 @@ def test_global_anomaly_refuses_bad_parameters(params: dict[str, Any], message: 
 # -- configuration ---------------------------------------------------------------------------------
 
 
-def test_default_config_builds_the_three_detectors_as_documented() -> None:
+def test_default_config_builds_every_account_detector_as_documented() -> None:
     alerters = build_alerters(DEFAULT_CONFIG)
     summary = [
         (a.name, a.threshold, a.severity, a.critical_threshold, a.learn_flagged) for a in alerters
@@ -462,8 +462,16 @@ def test_default_config_builds_the_three_detectors_as_documented() -> None:
         ("velocity", 1.0, "high", None, False),
         ("amount_outlier", 3.5, "medium", 8.0, False),
         ("global_anomaly", 0.9, "low", None, False),
+        ("structuring", 1.0, "high", None, True),
+        ("rapid_pass_through", 0.8, "high", None, True),
+        ("fan_out", 1.0, "medium", None, True),
+        ("fund_segregation", 1.0, "critical", None, False),
+        ("precipitated_funds", 1.0, "medium", None, True),
+        ("account_takeover", 1.0, "high", None, False),
+        ("blacklist", 1.0, "high", None, False),
+        ("borrow_and_vanish", 0.8, "high", None, True),
     ]
-    assert DEFAULT_CONFIG["version"] == "defaults-1"
+    assert DEFAULT_CONFIG["version"] == "defaults-2"
 
 
 def test_default_config_survives_json_and_is_not_changed_by_building() -> None:
