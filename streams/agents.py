@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from detectors.precipitated_funds import PrecipitatedFunds, balance_minor
 from streams.codec import dead_letter_record
 from streams.stages import DerivedStage, Forward, StageEntry
 
@@ -94,9 +95,24 @@ class MonitorAgent:
         self._assigned_at = time.monotonic()
 
     def on_recovered(self) -> None:
+        self.recount_wallets()
         if self._assigned_at is not None:
             self.runtime.sensors.on_ready(time.monotonic() - self._assigned_at)
             self._assigned_at = None
+
+    def recount_wallets(self) -> None:
+        """Wallet totals from the recovered state (the live gauges move incrementally)."""
+        alerter = next((a for a in self.runtime.monitor.alerters
+                        if a.name == PrecipitatedFunds.name), None)
+        if alerter is None:
+            return
+        limit = alerter.detector.balance_limit_minor  # type: ignore[union-attr]
+        total = above = 0
+        for state in self.runtime.table.data.values():
+            balance = balance_minor(state.detectors.get(PrecipitatedFunds.name))
+            total += balance
+            above += balance > limit
+        self.runtime.sensors.on_wallet_totals(total, above)
 
     async def report_lag(self) -> None:
         rt = self.runtime

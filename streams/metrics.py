@@ -89,6 +89,16 @@ class PrometheusSensor(Sensor):
             "Seconds from the last partition assignment to the worker being ready.",
             registry=registry,
         )
+        self.wallet_funds = Gauge(
+            "txwatch_precipitated_funds_minor",
+            "Money held in this worker's wallets (minor units): the funds sitting on the platform.",
+            registry=registry,
+        )
+        self.wallets_above_limit = Gauge(
+            "txwatch_precipitated_wallets",
+            "Wallets of this worker holding more than the precipitated-funds limit.",
+            registry=registry,
+        )
         self.info = Gauge(
             "txwatch_worker_info", "Worker version and detector configuration version.",
             ["version", "config_version"], registry=registry,
@@ -136,3 +146,13 @@ class PrometheusSensor(Sensor):
 
     def on_ready(self, restore_seconds: float) -> None:
         self.restore_seconds.set(restore_seconds)
+
+    def on_wallet(self, balance_delta_minor: int, above_limit_delta: int) -> None:
+        if balance_delta_minor:
+            self.wallet_funds.inc(balance_delta_minor)
+        if above_limit_delta:
+            self.wallets_above_limit.inc(above_limit_delta)
+
+    def on_wallet_totals(self, balance_minor: int, above_limit: int) -> None:
+        self.wallet_funds.set(balance_minor)
+        self.wallets_above_limit.set(above_limit)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from detectors.base import ThresholdAlerter
+from detectors.precipitated_funds import PrecipitatedFunds, balance_minor
 from streams.alerts import Alert
 from streams.codec import Decoder
 from streams.events import DeadLetter, Event
@@ -26,6 +27,8 @@ from streams.stages import Forward
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
+
+PRECIPITATED_FUNDS = PrecipitatedFunds.name
 
 #: Dead-letter reason for a message that made the worker itself fail.
 PROCESSING_ERROR = "processing_error"
@@ -137,7 +140,14 @@ class Monitor:
         alerts: list[Alert] = []
         for alerter in self.alerters:
             name = alerter.name
-            finding, new_state = alerter.process_one(x, state.detectors.get(name))
+            before = state.detectors.get(name)
+            wallet_before = balance_minor(before) if name == PRECIPITATED_FUNDS else 0
+            finding, new_state = alerter.process_one(x, before)
+            if name == PRECIPITATED_FUNDS:
+                limit = alerter.detector.balance_limit_minor  # type: ignore[union-attr]
+                wallet_after = balance_minor(new_state)
+                self.sensor.on_wallet(wallet_after - wallet_before,
+                                      int(wallet_after > limit) - int(wallet_before > limit))
             if new_state is not None:
                 state.detectors[name] = new_state
             self.sensor.on_score(name, alerter.last_score)

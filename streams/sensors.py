@@ -41,6 +41,12 @@ class Sensor:
     def on_ready(self, restore_seconds: float) -> None:
         """The worker finished recovering state after an assignment."""
 
+    def on_wallet(self, balance_delta_minor: int, above_limit_delta: int) -> None:
+        """A wallet's balance held on the platform changed (precipitated funds)."""
+
+    def on_wallet_totals(self, balance_minor: int, above_limit: int) -> None:
+        """Recounted wallet totals of this worker's accounts (after a recovery)."""
+
 
 class SensorDelegate(Sensor):
     """Fans every hook out to the registered sensors."""
@@ -82,3 +88,11 @@ class SensorDelegate(Sensor):
     def on_ready(self, restore_seconds: float) -> None:
         for s in self._sensors:
             s.on_ready(restore_seconds)
+
+    def on_wallet(self, balance_delta_minor: int, above_limit_delta: int) -> None:
+        for s in self._sensors:
+            s.on_wallet(balance_delta_minor, above_limit_delta)
+
+    def on_wallet_totals(self, balance_minor: int, above_limit: int) -> None:
+        for s in self._sensors:
+            s.on_wallet_totals(balance_minor, above_limit)

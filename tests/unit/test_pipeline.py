@@ -87,3 +87,29 @@ def test_a_failing_detector_dead_letters_the_message_without_personal_data():
     # the next message is processed as usual
     ok = monitor().process(raw_payment(2), {})
     assert ok.event is not None
+
+
+def test_precipitated_funds_are_exported_as_totals_without_account_labels():
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import PrometheusSensor
+
+    registry = CollectorRegistry()
+    sensor = PrometheusSensor(registry=registry)
+    m = Monitor(Decoder(pii_key=b"k", max_message_bytes=65536),
+                build_alerters(DEFAULT_CONFIG), "test-1", sensor)
+    states: dict[bytes, AccountState] = {}
+
+    def top_up(i: int, account: str, amount: str) -> bytes:
+        return orjson.dumps({
+            "event_id": f"t{i}", "event_type": "top_up", "occurred_at": T0.isoformat(),
+            "account_id": account, "amount": amount, "currency": "CNY"})
+
+    m.process(top_up(1, "w1", "60000.00"), states)
+    m.process(top_up(2, "w2", "100.00"), states)
+    m.process(raw_payment(3, account="w1", amount="1000.00", seconds=60), states)
+    assert registry.get_sample_value("txwatch_precipitated_funds_minor") == 5_910_000
+    assert registry.get_sample_value("txwatch_precipitated_wallets") == 1
+    names = {s.name for metric in registry.collect() for s in metric.samples
+             for label in s.labels.values() if label in {"w1", "w2"}}
+    assert names == set()
