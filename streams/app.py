@@ -15,6 +15,7 @@ changelog before it processes anything (see the README, "Guarantees").
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ import faust
 import orjson
 from faust.serializers import codecs
 
-from detectors.registry import DEFAULT_CONFIG, build_alerters
+from detectors.registry import DEFAULT_CONFIG
 from streams.codec import Decoder
 from streams.metrics import PrometheusSensor
 from streams.pipeline import Monitor
+from streams.rules import build_rules
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
-from streams.stages import DerivedStage
+from streams.stages import FLOW, STAGES, DerivedStage, Forward, build_stages, forwards_for
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
@@ -83,16 +85,51 @@ def load_detector_config(path: Path | None) -> dict[str, Any]:
     return config
 
 
-def build_monitor(settings: Settings, sensor: Sensor | None = None) -> Monitor:
-    """The Faust-free monitor configured from ``settings``."""
+def build_monitor(settings: Settings, sensor: Sensor | None = None,
+                  stages: Mapping[str, DerivedStage] | None = None,
+                  flow_states: Mapping[Any, Any] | None = None) -> Monitor:
+    """The Faust-free monitor configured from ``settings`` (account-stage detectors only).
+
+    With ``stages`` (as built by :func:`build_stage_set`), accepted events are
+    forwarded to those derived stages; ``flow_states`` is where the flow
+    stage keeps its sketches (the worker's flow table), read for the origins
+    an outgoing transfer carries.
+    """
     config = load_detector_config(settings.detector_config)
-    alerters = build_alerters(config)
+    rules = build_rules(config, STAGES)
     decoder = Decoder(
         pii_key=settings.pii_key.get().encode(),
         max_message_bytes=settings.max_message_bytes,
         clear_dead_letter_payload=settings.dead_letter_clear_payload,
     )
-    return Monitor(decoder, alerters, str(config.get("version", "unversioned")), sensor)
+    derive = _deriver(stages, flow_states) if stages else None
+    return Monitor(decoder, rules.account, rules.version, sensor, derive=derive)
+
+
+def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[str, DerivedStage]:
+    """The derived stages with at least one configured detector."""
+    config = load_detector_config(settings.detector_config)
+    rules = build_rules(config, STAGES)
+    return build_stages(rules.stages, rules.version, sensor)
+
+
+def _deriver(stages: Mapping[str, DerivedStage],
+             flow_states: Mapping[Any, Any] | None) -> Callable[[Any, dict[str, Any]],
+                                                                list[Forward]]:
+    """Stage 1's forwarding function."""
+    from detectors.flow import edge_origins
+
+    flow = stages.get(FLOW)
+    states: Mapping[Any, Any] = flow_states if flow_states is not None else {}
+
+    def peek(account: str) -> Any:
+        return flow.peek(states, account.encode()) if flow is not None else None
+
+    def derive(event: Any, x: dict[str, Any]) -> list[Forward]:
+        forwards = forwards_for(event, x, peek, edge_origins if flow is not None else None)
+        return [f for f in forwards if f.stage in stages]
+
+    return derive
 
 
 @dataclass
@@ -119,12 +156,14 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     """Build the Faust app, its topics, table and agent from ``settings``."""
     from streams import __version__
     from streams.agents import attach_agent
+    from streams.feedback import attach_feedback
     from streams.portfolio import attach_portfolio
+    from streams.rules import attach_rules
 
     sensors = SensorDelegate(extra_sensors)
     if metrics is not None:
         sensors.add(metrics)
-    monitor = build_monitor(settings, sensors)
+    stages = build_stage_set(settings, sensors)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
@@ -155,10 +194,25 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     )
     table = app.Table(TABLE_NAME, default=None, partitions=settings.partitions,
                       key_type=bytes, value_type=StoredAccountState)
+    stage_topics: dict[str, Any] = {}
+    stage_tables: dict[str, Any] = {}
+    for name in stages:
+        # keyed like the input topics, same partition count: co-partitioned with them
+        stage_topics[name] = app.topic(
+            f"{settings.app_id}-{name}", key_serializer="raw", value_serializer="raw",
+            partitions=settings.partitions, internal=True,
+        )
+        stage_tables[name] = app.Table(
+            f"{name}-sketches", default=None, partitions=settings.partitions, key_type=bytes)
+    flow_states = stage_tables[FLOW].data if FLOW in stage_tables else None
+    monitor = build_monitor(settings, sensors, stages, flow_states)
     runtime = Runtime(settings, app, input_topic, alert_topic, dead_letter_topic, table,
-                      monitor, sensors, metrics)
+                      monitor, sensors, metrics, stages=stages, stage_topics=stage_topics,
+                      stage_tables=stage_tables)
     runtime.agent = attach_agent(runtime)
     attach_portfolio(runtime)
+    attach_rules(runtime)
+    attach_feedback(runtime)
     log.info("txwatch %s: detectors %s, config version %s", __version__,
              [a.name for a in monitor.alerters], monitor.config_version)
     return runtime

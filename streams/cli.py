@@ -81,6 +81,9 @@ def run_worker(settings: Settings) -> int:
             "development key. Set a secret key in production.")
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     runtime = create_app(settings, metrics)
+    from streams.rules import preload_rules
+
+    preload_rules(runtime)  # the config topic's latest version judges the first event
     worker = faust.Worker(runtime.app, loglevel=settings.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)
     worker.execute_from_commandline()
@@ -288,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list TXWATCH_* variables")
 
-    from streams import portfolio
+    from streams import evaluation, feedback, portfolio, rules
 
-    portfolio.register_cli(sub)
+    for module in (portfolio, rules, feedback, evaluation):
+        module.register_cli(sub)
     return parser
 
 

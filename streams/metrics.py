@@ -70,7 +70,8 @@ class PrometheusSensor(Sensor):
             buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.scores = Histogram(
-            "txwatch_detector_score", "Detector scores.", ["detector"],
+            "txwatch_detector_score", "Non-zero detector scores (most events score 0).",
+            ["detector"],
             buckets=SCORE_BUCKETS, registry=registry,
         )
         self.lag = Gauge(

@@ -150,7 +150,8 @@ class Monitor:
                                       int(wallet_after > limit) - int(wallet_before > limit))
             if new_state is not None:
                 state.detectors[name] = new_state
-            self.sensor.on_score(name, alerter.last_score)
+            if alerter.last_score > 0.0:  # the zero scores of most events would drown the rest
+                self.sensor.on_score(name, alerter.last_score)
             if finding is None:
                 continue
             if ts < state.quiet_until.get(name, 0):

@@ -68,6 +68,27 @@ class Settings:
         "Output topic for rejected messages with their reason.",
         "txwatch.dead-letters",
     )
+    config_topic: str = _env(
+        "CONFIG_TOPIC",
+        "Compacted topic of detector configuration versions (key 'detectors'); every worker "
+        "follows it and applies a new version without a restart.",
+        "txwatch.config",
+    )
+    feedback_topic: str = _env(
+        "FEEDBACK_TOPIC",
+        "Compacted topic of analysts' dispositions of alerts (feedback.schema.json), keyed by "
+        "alert_id.",
+        "txwatch.feedback",
+    )
+    feedback_min_dispositions: int = _env(
+        "FEEDBACK_MIN_DISPOSITIONS",
+        "Dispositions learnt before alerts carry feedback_probability.",
+        20,
+    )
+    feedback_memory: int = _env(
+        "FEEDBACK_MEMORY", "Recent alerts each worker remembers, to match dispositions to them.",
+        100000,
+    )
     partitions: int = _env(
         "PARTITIONS", "Partitions of the input topics and of the state changelog.", 4
     )

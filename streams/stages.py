@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -131,6 +131,8 @@ class DerivedStage:
         self.alerters = list(alerters)
         self.config_version = config_version
         self.sensor = sensor or Sensor()
+        #: analysts' feedback ranker (``streams/feedback.py``), set by the worker
+        self.ranker: Callable[[Alert], float | None] | None = None
 
     def entry(self, states: MutableMapping[Any, Any], key: bytes) -> StageEntry:
         """The key's entry, created or rebuilt from its recovered JSON form."""
@@ -186,10 +188,13 @@ class DerivedStage:
             event = _event_of(record, features)
             for alerter in self.alerters:
                 finding, _ = alerter.process_one(features)
-                self.sensor.on_score(alerter.name, alerter.last_score)
+                if alerter.last_score > 0.0:
+                    self.sensor.on_score(alerter.name, alerter.last_score)
                 if finding is None:
                     continue
                 alert = Alert.from_finding(finding, event, detected_at, self.config_version)
+                if self.ranker is not None:
+                    alert = replace(alert, feedback_probability=self.ranker(alert))
                 alerts.append(alert)
                 self.sensor.on_alert(alert, source_timestamp)
         return StageOutcome(alerts=alerts, forwards=forwards, key=key)
@@ -244,3 +249,54 @@ def forwards_for(event: Event, x: Mapping[str, Any],
             "account_events": x.get("account_events", 0), "project_id": project,
         }))
     return out
+
+
+# -- the three stages, built from their sketches ----------------------------------------------
+def _observe_flow(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any], list[Forward]]:
+    """Edge at the receiver (answered with a back record), back/relay at the sender."""
+    if record.get("kind") == "edge":
+        features = sketch.observe_edge(record)
+        sender, receiver, ts = record["sender"], record["receiver"], int(record["ts"])
+        back = {
+            "_key": sender, "kind": "back", "event_id": record["event_id"],
+            "event_type": record.get("event_type"), "ts": ts, "sender": sender,
+            "receiver": receiver, "amount_minor": record.get("amount_minor"),
+            "receiver_dests": sketch.dests_for_back(ts, receiver),
+            # a ring reported here is not reported again where the back record lands
+            "cycle_length": features.get("cycle_length", 0),
+        }
+        return features, [Forward(FLOW, sender, back)]
+    outcome = sketch.observe_back(record)
+    relays = [Forward(FLOW, str(r["sender"]), {**r, "_key": r["sender"]}) for r in outcome.relays]
+    return outcome.features, relays
+
+
+def _sketch_of(name: str) -> tuple[Any, Callable[..., Any]]:
+    if name == FLOW:
+        from detectors.flow import FlowSketch
+
+        return FlowSketch, _observe_flow
+    if name == IDENTITY:
+        from detectors.identity import IdentitySketch
+
+        return IdentitySketch, _observe_plain
+    from detectors.crowdfunding import ProjectSketch
+
+    return ProjectSketch, _observe_plain
+
+
+def _observe_plain(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any], list[Forward]]:
+    return sketch.observe(record), []
+
+
+def build_stages(stage_alerters: Mapping[str, Sequence[ThresholdAlerter]], config_version: str,
+                 sensor: Sensor | None = None) -> dict[str, DerivedStage]:
+    """The derived stages that have at least one detector configured."""
+    stages: dict[str, DerivedStage] = {}
+    for name, alerters in stage_alerters.items():
+        if not alerters or name not in STAGES:
+            continue
+        sketch_type, observe = _sketch_of(name)
+        stages[name] = DerivedStage(name, sketch_type.new, sketch_type.from_state, observe,
+                                    alerters, config_version, sensor)
+    return stages

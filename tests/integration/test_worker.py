@@ -142,9 +142,13 @@ async def test_restarted_worker_continues_counting_from_its_state(env, tmp_path:
         worker.stop(signal.SIGKILL)
         worker.start()
         await produce(bootstrap, env["TXWATCH_PAYMENTS_TOPIC"], messages(second))
-        alerts = await consume_until(bootstrap, env["TXWATCH_ALERT_TOPIC"],
-                                     lambda rs: any(r["detector"] == "velocity" for r in rs),
-                                     timeout=120)
+        try:
+            alerts = await consume_until(bootstrap, env["TXWATCH_ALERT_TOPIC"],
+                                         lambda rs: any(r["detector"] == "velocity" for r in rs),
+                                         timeout=120)
+        except TimeoutError as exc:
+            message = f"{exc}; worker log tail:\n{worker.log_tail(60)}"
+            raise AssertionError(message) from exc
         velocity = [a for a in alerts if a["detector"] == "velocity"]
         assert len(velocity) == 1
         # the tenth payment reaches the limit only if the first six were remembered

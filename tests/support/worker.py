@@ -30,6 +30,8 @@ def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
         "TXWATCH_LENDING_TOPIC": f"{prefix}.lending",
         "TXWATCH_ALERT_TOPIC": f"{prefix}.alerts",
         "TXWATCH_DEAD_LETTER_TOPIC": f"{prefix}.dead-letters",
+        "TXWATCH_CONFIG_TOPIC": f"{prefix}.config",
+        "TXWATCH_FEEDBACK_TOPIC": f"{prefix}.feedback",
         "TXWATCH_METRICS_PORT": "0",
         "TXWATCH_SESSION_TIMEOUT": "6",
         "TXWATCH_REBALANCE_TIMEOUT": "6",

@@ -1,0 +1,885 @@
+"""How good are the detectors? ``txwatch evaluate`` (live) and ``txwatch backtest`` (offline).
+
+Both score alerts against labelled events and print the same table.
+
+Scoring
+-------
+A labelled event carries the name of the scenario it belongs to (the
+simulator's ``label``; see :data:`streams.simulate.SCENARIOS`).
+
+* An **incident** is the labelled events of one scenario on one account (or
+  sharing an ``incident`` id, when the labels carry one). It starts at its
+  first labelled event.
+* An alert is a **true positive** for scenario *S* when one of its
+  ``event_ids`` is labelled *S* and its detector is *S*'s expected detector.
+  A label that is not a registered scenario is taken as a detector name when
+  it is one, else any detector's alert on it counts (a team's own history
+  labelled ``fraud``, say).
+* **Recall** of a scenario: its incidents with at least one true-positive
+  alert, over its incidents.
+* **Precision** of a detector: its true-positive alerts over all its alerts
+  (alerts deduplicated by ``alert_id``). A detector no scenario expects (the
+  global anomaly model) has no true positives by construction: its precision
+  is shown as ``-``.
+* **Detection delay**: event time of the first true-positive alert of an
+  incident (the ``occurred_at`` of its triggering event) minus the incident's
+  first labelled event time; the median over detected incidents. It measures
+  how much of an incident a detector needs to see, not the worker's speed.
+* **Processing latency** (``evaluate`` only): the alert's ``detected_at``
+  minus the wall-clock time its triggering event was handed to the producer,
+  median per detector. Traffic published as fast as possible queues up in
+  front of the worker, so this includes the backlog; pass ``--rate`` for a
+  steady-state figure.
+
+``txwatch backtest FILE`` runs a JSON Lines history through the detector code
+the worker runs (:class:`streams.pipeline.Monitor`, with a plain ``dict`` of
+account states), offline, in file order and at full speed; labels come from
+each line's ``label`` field or from ``--labels FILE`` (the simulator's labels
+file). Detectors of the derived stages (``stage`` other than ``account``)
+are not run offline.
+
+``txwatch evaluate`` generates the simulator's traffic with every scenario,
+publishes it to topics of its own on ``TXWATCH_BROKER`` (or a broker it
+starts, ``--local-broker``), runs a real ``txwatch worker`` on them, waits
+until the worker's ``/metrics`` shows every event processed and the alert
+topic is quiet, and scores what the worker published. Its topics are deleted
+afterwards unless ``--keep-topics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from detectors.registry import DEFAULT_CONFIG, DETECTORS
+from streams.codec import parse_occurred_at
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+    from streams.simulate import Producer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+#: Expected detector of a label that names no scenario and no detector: any detector.
+ANY_DETECTOR: Final = "*"
+#: Seconds without a new alert, once every event is processed, before ``evaluate`` scores.
+QUIET_SECONDS: Final = 3.0
+PROGRESS_EVERY: Final = 2.0
+METRICS_LINE: Final = re.compile(rb"metrics on (http://\S+/metrics)")
+
+
+def _progress_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledEvent:
+    """One labelled event: the ground truth."""
+
+    event_id: str
+    scenario: str
+    account_id: str
+    occurred_at: datetime
+    incident: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LabelledEvent | None:
+        """From an event with a ``label`` or a labels-file line (``scenario``); else ``None``."""
+        scenario = record.get("scenario", record.get("label"))
+        event_id = record.get("event_id")
+        account_id = record.get("account_id")
+        occurred_at = record.get("occurred_at")
+        if not (isinstance(scenario, str) and scenario and isinstance(event_id, str)
+                and isinstance(account_id, str) and isinstance(occurred_at, str)):
+            return None
+        try:
+            moment = parse_occurred_at(occurred_at)
+        except ValueError:
+            return None
+        incident = record.get("incident")
+        return cls(event_id, scenario, account_id, moment,
+                   incident if isinstance(incident, str) and incident else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredAlert:
+    """What scoring needs of an alert."""
+
+    alert_id: str
+    detector: str
+    event_ids: tuple[str, ...]
+    occurred_at: datetime
+    #: seconds from the triggering event's publication to the alert (``evaluate`` only)
+    latency_seconds: float | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any],
+                    published_at: Mapping[str, float] | None = None) -> ScoredAlert | None:
+        """From an alert as published (``alert.schema.json``); ``None`` when unusable."""
+        try:
+            event_ids = tuple(str(e) for e in record["event_ids"])
+            occurred = parse_occurred_at(str(record["occurred_at"]))
+            alert = cls(str(record["alert_id"]), str(record["detector"]), event_ids, occurred)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if published_at is not None and event_ids and event_ids[0] in published_at:
+            try:
+                detected = parse_occurred_at(str(record["detected_at"]))
+            except (KeyError, ValueError):
+                return alert
+            latency = max(0.0, detected.timestamp() - published_at[event_ids[0]])
+            alert = ScoredAlert(alert.alert_id, alert.detector, event_ids, occurred, latency)
+        return alert
+
+
+def expected_detector(label: str) -> str:
+    """The detector that should catch events labelled ``label`` (see the module docstring)."""
+    from streams.simulate import SCENARIOS
+
+    scenario = SCENARIOS.get(label)
+    if scenario is not None:
+        return scenario.expected_detector
+    return label if label in DETECTORS else ANY_DETECTOR
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ScenarioRow:
+    scenario: str
+    expected_detector: str
+    incidents: int
+    detected: int
+    labelled_events: int
+    recall: float | None
+    median_delay_seconds: float | None
+    median_latency_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class DetectorRow:
+    detector: str
+    alerts: int
+    true_positives: int
+    #: alerts on an event labelled with a scenario this detector is not expected to catch
+    other_labelled: int
+    #: whether some scenario expects this detector (else precision is not meaningful)
+    expected: bool
+    precision: float | None
+    median_delay_seconds: float | None
+    median_latency_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class Evaluation:
+    """The table both commands print, and its JSON form."""
+
+    mode: str
+    scenarios: list[ScenarioRow]
+    detectors: list[DetectorRow]
+    events: int = 0
+    alerts: int = 0
+    dead_letters: int = 0
+    config_version: str | None = None
+    elapsed_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.as_dict(), option=orjson.OPT_INDENT_2)
+
+    def table(self) -> str:
+        return render_table(self)
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def score(labels: Iterable[LabelledEvent], alerts: Iterable[ScoredAlert], *,
+          detectors: Iterable[str] = (), mode: str = "backtest") -> Evaluation:
+    """Precision, recall and delays of ``alerts`` against ``labels``.
+
+    Parameters
+    ----------
+    labels
+        The labelled events.
+    alerts
+        The alerts raised; repeated ``alert_id`` s count once.
+    detectors
+        Detectors to list even when they raised nothing (the configuration's).
+    mode
+        ``backtest`` or ``evaluate``, shown in the table.
+
+    Examples
+    --------
+    >>> from datetime import UTC
+    >>> t = datetime(2024, 3, 4, tzinfo=UTC)
+    >>> labels = [LabelledEvent("e1", "velocity_burst", "a1", t),
+    ...           LabelledEvent("e2", "velocity_burst", "a2", t)]
+    >>> alerts = [ScoredAlert("x1", "velocity", ("e1",), t),
+    ...           ScoredAlert("x2", "velocity", ("e9",), t)]
+    >>> result = score(labels, alerts)
+    >>> result.scenarios[0].recall, result.detectors[0].precision
+    (0.5, 0.5)
+    """
+    # event_id -> (scenario, incident key); incident key -> first labelled time
+    label_of: dict[str, tuple[str, tuple[str, str]]] = {}
+    incident_start: dict[tuple[str, str], datetime] = {}
+    incidents_of: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    labelled_events: dict[str, int] = defaultdict(int)
+    for label in labels:
+        key = (label.scenario, label.incident or f"account:{label.account_id}")
+        label_of[label.event_id] = (label.scenario, key)
+        first = incident_start.get(key)
+        if first is None or label.occurred_at < first:
+            incident_start[key] = label.occurred_at
+        incidents_of[label.scenario].add(key)
+        labelled_events[label.scenario] += 1
+
+    unique: dict[str, ScoredAlert] = {}
+    for alert in alerts:
+        unique.setdefault(alert.alert_id, alert)
+
+    per_detector: dict[str, list[ScoredAlert]] = defaultdict(list)
+    true_positives: dict[str, int] = defaultdict(int)
+    other_labelled: dict[str, int] = defaultdict(int)
+    # incident -> (delay of its first true-positive alert, that alert)
+    detected: dict[tuple[str, str], tuple[float, ScoredAlert]] = {}
+    for alert in unique.values():
+        per_detector[alert.detector].append(alert)
+        hit = False
+        on_label = False
+        for event_id in alert.event_ids:
+            found = label_of.get(event_id)
+            if found is None:
+                continue
+            on_label = True
+            scenario, key = found
+            wanted = expected_detector(scenario)
+            if wanted not in (alert.detector, ANY_DETECTOR):
+                continue
+            hit = True
+            delay = max(0.0, (alert.occurred_at - incident_start[key]).total_seconds())
+            if key not in detected or delay < detected[key][0]:
+                detected[key] = (delay, alert)
+        if hit:
+            true_positives[alert.detector] += 1
+        elif on_label:
+            other_labelled[alert.detector] += 1
+
+    scenario_rows: list[ScenarioRow] = []
+    delays_by_detector: dict[str, list[float]] = defaultdict(list)
+    for scenario in sorted(incidents_of):
+        keys = incidents_of[scenario]
+        found_delays = [detected[k][0] for k in keys if k in detected]
+        latencies = [lat for k in keys if k in detected
+                     for lat in [detected[k][1].latency_seconds] if lat is not None]
+        for k in keys:
+            if k in detected:
+                delays_by_detector[detected[k][1].detector].append(detected[k][0])
+        scenario_rows.append(ScenarioRow(
+            scenario=scenario, expected_detector=expected_detector(scenario),
+            incidents=len(keys), detected=len(found_delays),
+            labelled_events=labelled_events[scenario],
+            recall=len(found_delays) / len(keys) if keys else None,
+            median_delay_seconds=_median(found_delays),
+            median_latency_seconds=_median(latencies),
+        ))
+
+    expected = {row.expected_detector for row in scenario_rows}
+    detector_rows: list[DetectorRow] = []
+    for detector in sorted(set(detectors) | set(per_detector)):
+        raised = per_detector.get(detector, [])
+        is_expected = detector in expected or ANY_DETECTOR in expected
+        latencies = [a.latency_seconds for a in raised if a.latency_seconds is not None]
+        detector_rows.append(DetectorRow(
+            detector=detector, alerts=len(raised), true_positives=true_positives[detector],
+            other_labelled=other_labelled[detector], expected=is_expected,
+            precision=(true_positives[detector] / len(raised)) if raised and is_expected else None,
+            median_delay_seconds=_median(delays_by_detector.get(detector, [])),
+            median_latency_seconds=_median(latencies),
+        ))
+    return Evaluation(mode=mode, scenarios=scenario_rows, detectors=detector_rows,
+                      alerts=len(unique))
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float | None) -> str:
+    """``6.2 s``, ``21 s``, ``12.5 min``, ``3.2 h``, ``3.0 d``; ``-`` for none.
+
+    Examples
+    --------
+    >>> format_duration(6.24), format_duration(21.34), format_duration(750)
+    ('6.2 s', '21 s', '12.5 min')
+    >>> format_duration(259_300), format_duration(None)
+    ('3.0 d', '-')
+    """
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    if seconds < 7_200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3_600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def render_table(result: Evaluation) -> str:
+    """The per-scenario and per-detector tables of an evaluation."""
+    live = result.mode == "evaluate"
+    head = f"{result.mode}: {result.events:,} events, {result.alerts:,} alerts"
+    if result.dead_letters:
+        head += f", {result.dead_letters:,} dead letters"
+    if result.config_version:
+        head += f", config {result.config_version}"
+    if result.elapsed_seconds and live:
+        head += f", {result.elapsed_seconds:.1f} s end to end (worker start included)"
+    elif result.elapsed_seconds:
+        rate = result.events / result.elapsed_seconds
+        head += f", {result.elapsed_seconds:.1f} s ({rate:,.0f} events/s)"
+    lines = [head, ""]
+    latency_head = "  median latency" if live else ""
+    lines.append(f"{'scenario':22} {'expected detector':20} {'incidents':>9} {'detected':>8} "
+                 f"{'recall':>7} {'median delay':>13}{latency_head}")
+    for row in result.scenarios:
+        latency = f"  {format_duration(row.median_latency_seconds):>14}" if live else ""
+        lines.append(f"{row.scenario:22} {row.expected_detector:20} {row.incidents:>9,} "
+                     f"{row.detected:>8,} {_share(row.recall):>7} "
+                     f"{format_duration(row.median_delay_seconds):>13}{latency}")
+    lines.append("")
+    lines.append(f"{'detector':22} {'alerts':>8} {'true pos.':>9} {'other lbl.':>10} "
+                 f"{'precision':>9} {'median delay':>13}{latency_head}")
+    for d in result.detectors:
+        latency = f"  {format_duration(d.median_latency_seconds):>14}" if live else ""
+        precision = _share(d.precision) if d.expected else "n/a"
+        lines.append(f"{d.detector:22} {d.alerts:>8,} {d.true_positives:>9,} "
+                     f"{d.other_labelled:>10,} {precision:>9} "
+                     f"{format_duration(d.median_delay_seconds):>13}{latency}")
+    lines.append("")
+    lines.append("recall: incidents (labelled events of a scenario on one account) with an alert "
+                 "of the expected detector; precision: that detector's alerts on its scenarios' "
+                 "events over all its alerts; delay: event time from an incident's first "
+                 "labelled event to the alert" + ("; latency: event published to alert "
+                                                  "detected, wall clock." if live else "."))
+    if any(not d.expected for d in result.detectors):
+        lines.append("n/a: no scenario expects this detector, so none of its alerts can be a "
+                     "true positive here.")
+    lines.extend(f"note: {note}" for note in result.notes)
+    return "\n".join(lines)
+
+
+# -- backtest -------------------------------------------------------------------------------
+
+
+def load_labels(path: Path) -> list[LabelledEvent]:
+    """Labels from a JSON Lines file: the simulator's labels file, or labelled events."""
+    labels = []
+    with path.open("rb") as source:
+        for line in source:
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                label = LabelledEvent.from_record(record)
+                if label is not None:
+                    labels.append(label)
+    return labels
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as source:
+        for line in source:
+            raw = line.rstrip(b"\r\n")
+            if raw.strip():
+                yield raw
+
+
+def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
+             settings: Settings | None = None, labels: Iterable[LabelledEvent] | None = None,
+             progress: Progress | None = None) -> Evaluation:
+    """Run a JSON Lines history through the monitor offline and score its alerts.
+
+    Parameters
+    ----------
+    path
+        One event per line, in the order to process (as ``txwatch replay`` reads it).
+    config
+        Detector configuration; default ``settings.detector_config``'s file, else
+        the packaged defaults.
+    settings
+        For the PII key and message size limit (default: from the environment).
+        The blacklist's shipped hashes match the simulator's people only under
+        the development PII key.
+    labels
+        Ground truth; default the ``label`` field of the lines.
+    progress
+        Called with a line of text about every 2 s.
+    """
+    from streams.codec import Decoder
+    from streams.pipeline import Monitor
+    from streams.rules import build_rules, read_config_file
+    from streams.settings import Settings
+    from streams.state import AccountState
+
+    settings = settings or Settings.from_env()
+    if config is None:
+        config = (read_config_file(settings.detector_config)
+                  if settings.detector_config is not None else DEFAULT_CONFIG)
+    rules = build_rules(config)
+    decoder = Decoder(pii_key=settings.pii_key.get().encode(),
+                      max_message_bytes=settings.max_message_bytes,
+                      clear_dead_letter_payload=settings.dead_letter_clear_payload)
+    monitor = Monitor(decoder, rules.account, rules.version)
+    states: dict[bytes, AccountState] = {}
+    found_labels: list[LabelledEvent] = []
+    alerts: list[ScoredAlert] = []
+    events = dead_letters = 0
+    source = path.name
+    started = last_report = time.monotonic()
+    for offset, raw in enumerate(_lines(path)):
+        events += 1
+        if labels is None and b'"label"' in raw:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(raw)
+                if isinstance(record, dict):
+                    label = LabelledEvent.from_record(record)
+                    if label is not None:
+                        found_labels.append(label)
+        outcome = monitor.process(raw, states, topic=source, partition=0, offset=offset)
+        if outcome.dead_letter is not None:
+            dead_letters += 1
+        for alert in outcome.alerts:
+            alerts.append(ScoredAlert(alert.alert_id, alert.detector, alert.event_ids,
+                                      alert.occurred_at))
+        if progress is not None and events % 4096 == 0:
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_EVERY:
+                last_report = now
+                progress(f"backtest: {events:,} events, {len(alerts):,} alerts, "
+                         f"{events / (now - started):,.0f} events/s")
+    elapsed = time.monotonic() - started
+    result = score(found_labels if labels is None else labels, alerts,
+                   detectors=[a.name for a in rules.account], mode="backtest")
+    result.events, result.dead_letters = events, dead_letters
+    result.config_version, result.elapsed_seconds = rules.version, elapsed
+    skipped = sorted({name for name, alerters in rules.stages.items() if alerters})
+    if skipped:
+        result.notes.append(f"derived-stage detectors not run offline: {skipped}")
+    _note_shared_accounts(result)
+    return result
+
+
+def _note_shared_accounts(result: Evaluation) -> None:
+    from streams.simulate import SCENARIOS
+
+    if any(row.scenario == "fund_segregation" for row in result.scenarios) and \
+            "fund_segregation" in SCENARIOS:
+        result.notes.append(
+            "fund_segregation incidents reuse the simulator's few escrow accounts, so without "
+            "an incident id in the labels they merge into one incident per escrow account")
+
+
+# -- evaluate -------------------------------------------------------------------------------
+
+
+class _RecordingProducer:
+    """The simulator's producer, noting when each event was handed to it."""
+
+    def __init__(self, inner: Producer, published_at: dict[str, float]) -> None:
+        self.inner = inner
+        self.published_at = published_at
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def send(self, topic: str, value: bytes | None = None,
+                   key: bytes | None = None) -> asyncio.Future[Any]:
+        future = await self.inner.send(topic, value=value, key=key)
+        if value is not None:
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError):
+                self.published_at[orjson.loads(value)["event_id"]] = time.time()
+        return future
+
+
+def evaluation_env(bootstrap: str, prefix: str, data_dir: Path, partitions: int,
+                   config_path: Path | None = None) -> dict[str, str]:
+    """The worker's environment: topics, group and state of the evaluation's own."""
+    env = {
+        **os.environ,
+        "TXWATCH_BROKER": bootstrap,
+        "TXWATCH_APP_ID": f"{prefix}-app",
+        "TXWATCH_PAYMENTS_TOPIC": f"{prefix}.payments",
+        "TXWATCH_LENDING_TOPIC": f"{prefix}.lending",
+        "TXWATCH_ALERT_TOPIC": f"{prefix}.alerts",
+        "TXWATCH_DEAD_LETTER_TOPIC": f"{prefix}.dead-letters",
+        "TXWATCH_CONFIG_TOPIC": f"{prefix}.config",
+        "TXWATCH_FEEDBACK_TOPIC": f"{prefix}.feedback",
+        "TXWATCH_PORTFOLIO_TOPIC": f"{prefix}.portfolio-partials",
+        "TXWATCH_METRICS_PORT": "0",
+        "TXWATCH_METRICS_HOST": "127.0.0.1",
+        "TXWATCH_PARTITIONS": str(partitions),
+        "TXWATCH_DATA_DIR": str(data_dir),
+    }
+    if config_path is not None:
+        env["TXWATCH_DETECTOR_CONFIG"] = str(config_path.resolve())
+    return env
+
+
+class _Worker:
+    """A ``txwatch worker`` child process with its log in a file."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_url: str | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"], env=self.env,
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = METRICS_LINE.search(self.log_path.read_bytes())
+            if match:
+                self.metrics_url = match.group(1).decode()
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)  # polling the log for the start line
+        message = f"the worker did not start; its log: {self.log_path}\n{self.log_tail()}"
+        raise RuntimeError(message)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def events_processed(self) -> float:
+        """Sum of ``txwatch_events_total`` on the worker's /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.metrics_url is not None
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples if sample.name == "txwatch_events_total")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-evaluate")
+    await admin.start()
+    try:
+        doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
+        if doomed:
+            await admin.delete_topics(doomed)
+        return doomed
+    finally:
+        await admin.close()
+
+
+async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int = 7,
+                        accounts: int = 5_000, rate: float | None = None,
+                        config_path: Path | None = None, timeout: float = 600.0,
+                        work_dir: Path | None = None, keep_topics: bool = False,
+                        progress: Progress | None = None) -> Evaluation:
+    """Simulated labelled traffic through a real worker on ``settings.broker``, scored.
+
+    Parameters
+    ----------
+    settings
+        The broker and the number of partitions; topics are the evaluation's own.
+    events, seed, accounts
+        Of the simulated traffic (every scenario injected).
+    rate
+        Events per second; ``None``: as fast as possible.
+    config_path
+        The detector configuration the worker runs (``TXWATCH_DETECTOR_CONFIG``).
+    timeout
+        Seconds allowed for the worker to process everything.
+    work_dir
+        Worker log, state and labels file; a temporary directory by default.
+    keep_topics
+        Leave the evaluation's topics on the broker.
+    progress
+        Receives progress lines.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.broker import create_topics
+    from streams.rules import build_rules, read_config_file
+    from streams.settings import Settings
+    from streams.simulate import kafka_producer, simulate
+    from streams.stages import STAGES
+
+    report = progress or (lambda line: None)
+    config = read_config_file(config_path) if config_path is not None else DEFAULT_CONFIG
+    rules = build_rules(config, STAGES)
+    work_dir = work_dir or Path(tempfile.mkdtemp(prefix="txwatch-evaluate-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    prefix = f"txwatch-eval-{uuid.uuid4().hex[:10]}"
+    env = evaluation_env(settings.broker, prefix, work_dir / "data", settings.partitions,
+                         config_path)
+    eval_settings = Settings.from_env(env)
+    await create_topics(settings.broker, [*eval_settings.input_topics, eval_settings.alert_topic,
+                                          eval_settings.dead_letter_topic], settings.partitions)
+    worker = _Worker(env, work_dir / "worker.log")
+    report(f"evaluate: starting a worker on topics {prefix}.* (log {worker.log_path})")
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(worker.start)
+        report(f"evaluate: worker up, metrics on {worker.metrics_url}; publishing "
+               f"{events:,} simulated events (seed {seed}, every scenario)")
+        published_at: dict[str, float] = {}
+        labels_path = work_dir / "labels.jsonl"
+        sim = await simulate(
+            eval_settings, rate=rate, events=events, seed=seed, labels_path=labels_path,
+            progress=report, accounts=accounts, create_topics=False,
+            producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
+        )
+        if sim.failed:
+            message = f"{sim.failed:,} events were not delivered: {sim.first_error}"
+            raise RuntimeError(message)
+        consumer = AIOKafkaConsumer(eval_settings.alert_topic, bootstrap_servers=settings.broker,
+                                    group_id=None, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        records: list[dict[str, Any]] = []
+        try:
+            deadline = time.monotonic() + timeout
+            last_alert = last_report = time.monotonic()
+            processed = 0.0
+            while True:
+                batch = await consumer.getmany(timeout_ms=250)
+                for items in batch.values():
+                    for item in items:
+                        with contextlib.suppress(orjson.JSONDecodeError):
+                            records.append(orjson.loads(item.value))
+                        last_alert = time.monotonic()
+                now = time.monotonic()
+                if processed < sim.sent or now - last_report >= PROGRESS_EVERY:
+                    try:
+                        processed = await asyncio.to_thread(worker.events_processed)
+                    except OSError as exc:  # a busy worker may drop a scrape: ask again
+                        log.debug("evaluate: /metrics scrape failed: %s", exc)
+                if now - last_report >= PROGRESS_EVERY:
+                    last_report = now
+                    report(f"evaluate: worker processed {processed:,.0f} of {sim.sent:,} "
+                           f"events; {len(records):,} alerts so far")
+                if processed >= sim.sent and now - last_alert >= QUIET_SECONDS:
+                    break
+                if not worker.alive():
+                    message = f"the worker exited; its log: {worker.log_path}\n{worker.log_tail()}"
+                    raise RuntimeError(message)
+                if now > deadline:
+                    message = (f"the worker processed {processed:,.0f} of {sim.sent:,} events "
+                               f"in {timeout:.0f} s; its log: {worker.log_path}")
+                    raise TimeoutError(message)
+        finally:
+            await consumer.stop()
+    finally:
+        await asyncio.to_thread(worker.stop)
+        if not keep_topics:
+            with contextlib.suppress(Exception):
+                deleted = await _delete_topics(settings.broker, prefix)
+                report(f"evaluate: deleted {len(deleted)} topics {prefix}.*")
+    alerts = [a for a in (ScoredAlert.from_record(r, published_at) for r in records)
+              if a is not None]
+    result = score(load_labels(labels_path), alerts,
+                   detectors=[a.name for a in rules.account]
+                   + [a.name for alerters in rules.stages.values() for a in alerters],
+                   mode="evaluate")
+    result.events = sim.sent
+    result.config_version = rules.version
+    result.elapsed_seconds = time.monotonic() - started
+    for row in result.scenarios:
+        started_incidents = sim.incidents.get(row.scenario)
+        if started_incidents is not None and started_incidents != row.incidents:
+            result.notes.append(
+                f"{row.scenario}: the simulator started {started_incidents} incidents; the "
+                f"labels group into {row.incidents} (incidents sharing an account merge)")
+    return result
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    """``txwatch backtest FILE [--config FILE] [--labels FILE] [--json]``."""
+    from streams.rules import read_config_file
+
+    if not args.file.exists():
+        print(f"txwatch backtest: no such file: {args.file}", file=sys.stderr)
+        return 2
+    try:
+        config = read_config_file(args.config) if args.config is not None else None
+        labels = load_labels(args.labels) if args.labels is not None else None
+        result = backtest(args.file, config, settings=settings, labels=labels,
+                          progress=_progress_to_stderr)
+    except (ValueError, OSError) as exc:
+        print(f"txwatch backtest: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(result.dumps().decode() + "\n")
+    else:
+        print(result.table())
+    return 0
+
+
+def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    """``txwatch evaluate [--events N] [--seed S] [--local-broker] [--json]``."""
+    from streams.broker import LocalKafka
+
+    if args.config is not None and not args.config.exists():
+        print(f"txwatch evaluate: no such file: {args.config}", file=sys.stderr)
+        return 2
+
+    def run(target: Settings) -> Evaluation:
+        return asyncio.run(evaluate_live(
+            target, events=args.events, seed=args.seed, accounts=args.accounts, rate=args.rate,
+            config_path=args.config, timeout=args.timeout, work_dir=args.work_dir,
+            keep_topics=args.keep_topics, progress=_progress_to_stderr))
+
+    try:
+        if args.local_broker:
+            from dataclasses import replace
+
+            _progress_to_stderr("evaluate: starting a local Kafka broker ...")
+            with LocalKafka(progress=_progress_to_stderr) as kafka:
+                result = run(replace(settings, broker=kafka.bootstrap))
+        else:
+            result = run(settings)
+    except ValueError as exc:
+        print(f"txwatch evaluate: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"txwatch evaluate: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(result.dumps().decode() + "\n")
+    else:
+        print(result.table())
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``txwatch evaluate`` and ``txwatch backtest FILE``."""
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score the detectors on simulated scenarios through a real worker",
+        description="Publish the simulator's labelled scenarios to topics of their own, run a "
+                    "txwatch worker on them and print precision, recall and median detection "
+                    "delay per scenario and per detector.")
+    evaluate.add_argument("--events", type=int, default=20_000, help="events to simulate")
+    evaluate.add_argument("--seed", type=int, default=7)
+    evaluate.add_argument("--accounts", type=int, default=5_000)
+    evaluate.add_argument("--rate", type=float, default=None,
+                          help="events per second (default: as fast as possible)")
+    evaluate.add_argument("--config", type=Path, default=None,
+                          help="detector configuration file for the worker")
+    evaluate.add_argument("--local-broker", action="store_true",
+                          help="start a local Kafka broker instead of using TXWATCH_BROKER")
+    evaluate.add_argument("--timeout", type=float, default=600.0,
+                          help="seconds allowed for the worker to process everything")
+    evaluate.add_argument("--work-dir", type=Path, default=None,
+                          help="worker log, state and labels (default: a temporary directory)")
+    evaluate.add_argument("--keep-topics", action="store_true",
+                          help="leave the evaluation's topics on the broker")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    evaluate.set_defaults(func=run_evaluate)
+
+    backtest_parser = subparsers.add_parser(
+        "backtest", help="score the detectors offline on a JSON Lines history",
+        description="Run FILE (one event per line, an optional 'label' field naming the "
+                    "scenario) through the worker's detector code without Kafka, at full "
+                    "speed, and print the same table as txwatch evaluate.")
+    backtest_parser.add_argument("file", type=Path)
+    backtest_parser.add_argument("--config", type=Path, default=None,
+                                 help="detector configuration file (default: "
+                                      "TXWATCH_DETECTOR_CONFIG, else the packaged defaults)")
+    backtest_parser.add_argument("--labels", type=Path, default=None,
+                                 help="labels JSON Lines file (txwatch simulate --labels) "
+                                      "instead of the events' label field")
+    backtest_parser.add_argument("--json", action="store_true",
+                                 help="print JSON instead of tables")
+    backtest_parser.set_defaults(func=run_backtest)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m streams.evaluation evaluate|backtest ...``."""
+    from streams.settings import Settings, SettingsError
+
+    parser = argparse.ArgumentParser(prog="txwatch")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"txwatch: bad setting: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.func(settings, args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
