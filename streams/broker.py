@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,12 +34,20 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 
 #: Must match ``kafka.version`` in ``deploy/kafka/pom.xml``; names the jar cache.
 KAFKA_VERSION: Final = "4.1.1"
@@ -62,6 +71,10 @@ class BrokerError(RuntimeError):
 
 class BrokerSetupError(BrokerError):
     """Java or Maven is missing, or the Kafka jars cannot be resolved."""
+
+
+class BrokerAccessError(BrokerError):
+    """A client cannot use the broker: unreachable, TLS refused, or credentials refused."""
 
 
 class BrokerStartError(BrokerError):
@@ -316,6 +329,87 @@ async def _broker_answers(bootstrap: str, timeout: float) -> bool:
     return NODE_ID in brokers and cluster.get("controller_id", -1) >= 0
 
 
+#: SASL mechanisms a :class:`SecureListener` can offer.
+SASL_MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+#: Name of the TLS + SASL client listener in ``server.properties``.
+SECURE_LISTENER: Final = "SASL_SSL"
+#: Characters that would break the JAAS line or the ``--add-scram`` argument.
+_UNSAFE_CREDENTIAL: Final = re.compile(r'[\s"\',=\[\]\\;]')
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """A second client listener speaking SASL over TLS (``SASL_SSL``).
+
+    The broker keeps its PLAINTEXT listener for itself (readiness probe,
+    inter-broker traffic); clients under test connect to
+    :attr:`LocalKafka.secure_bootstrap` with a user below.
+
+    Parameters
+    ----------
+    keystore
+        PKCS12 file with the broker's private key and certificate chain
+        (``tests/support/tls.py`` makes one with ``keytool``).
+    keystore_password
+        Its password (also the key's).
+    users
+        User name to password. SCRAM users are written into the storage when
+        it is formatted (``kafka-storage format --add-scram``), so they are
+        fixed for the life of the data directory; PLAIN users are read from
+        ``server.properties`` at every start.
+    mechanism
+        One of :data:`SASL_MECHANISMS`.
+    port
+        Port on 127.0.0.1; the previous run's or any free one when ``None``.
+    """
+
+    keystore: Path
+    keystore_password: str
+    users: Mapping[str, str] = field(default_factory=dict)
+    mechanism: str = "SCRAM-SHA-256"
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in SASL_MECHANISMS:
+            message = f"SASL mechanism {self.mechanism!r}: expected one of {SASL_MECHANISMS}"
+            raise ValueError(message)
+        for name, password in self.users.items():
+            if not name or not password or _UNSAFE_CREDENTIAL.search(name + password):
+                message = (f"user {name!r}: names and passwords must be non-empty, without "
+                           "quotes, commas, equals signs, brackets, backslashes or spaces")
+                raise ValueError(message)
+
+    def __repr__(self) -> str:  # never print the passwords
+        return (f"SecureListener({self.mechanism}, users={sorted(self.users)}, "
+                f"keystore={str(self.keystore)!r})")
+
+    def properties(self) -> dict[str, str]:
+        """The listener's entries in ``server.properties`` (ports excluded)."""
+        prefix = f"listener.name.{SECURE_LISTENER.lower()}."
+        mechanism = self.mechanism.lower()
+        if self.mechanism == "PLAIN":
+            users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+            jaas = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+        else:
+            jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            f"{prefix}ssl.keystore.type": "PKCS12",
+            f"{prefix}ssl.keystore.location": str(self.keystore),
+            f"{prefix}ssl.keystore.password": self.keystore_password,
+            f"{prefix}ssl.key.password": self.keystore_password,
+            f"{prefix}sasl.enabled.mechanisms": self.mechanism,
+            f"{prefix}{mechanism}.sasl.jaas.config": jaas,
+        }
+
+    def format_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments creating the SCRAM users."""
+        if self.mechanism == "PLAIN":
+            return []
+        return [argument for name, password in self.users.items()
+                for argument in ("--add-scram",
+                                 f"{self.mechanism}=[name={name},password={password}]")]
+
+
 _running: weakref.WeakSet[LocalKafka] = weakref.WeakSet()
 
 
@@ -346,6 +440,8 @@ class LocalKafka:
         Jar directory, see :func:`resolve_kafka_jars`.
     extra_properties
         Broker settings added to (or overriding) the generated ``server.properties``.
+    secure_listener
+        Also listen for SASL_SSL clients (see :class:`SecureListener`).
     heap
         Maximum JVM heap, as in ``-Xmx``.
     start_timeout
@@ -370,6 +466,7 @@ class LocalKafka:
         controller_port: int | None = None,
         cache_dir: Path | None = None,
         extra_properties: Mapping[str, str] | None = None,
+        secure_listener: SecureListener | None = None,
         heap: str = "512m",
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
@@ -383,6 +480,8 @@ class LocalKafka:
         self._controller_port = controller_port
         self._cache_dir = cache_dir
         self._extra_properties = dict(extra_properties or {})
+        self._secure = secure_listener
+        self._secure_port = secure_listener.port if secure_listener is not None else None
         self._heap = heap
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -427,6 +526,17 @@ class LocalKafka:
     def bootstrap(self) -> str:
         """``"127.0.0.1:PORT"``, for ``bootstrap_servers`` and ``TXWATCH_BROKER``."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def secure_bootstrap(self) -> str:
+        """``"127.0.0.1:PORT"`` of the SASL_SSL listener; known once the broker has started."""
+        if self._secure is None:
+            message = "this broker has no secure listener: pass secure_listener="
+            raise BrokerError(message)
+        if self._secure_port is None:
+            message = "the broker has no secure port yet: call start() first"
+            raise BrokerError(message)
+        return f"{HOST}:{self._secure_port}"
 
     @property
     def running(self) -> bool:
@@ -565,20 +675,33 @@ class LocalKafka:
             self._port = _free_port()
         if self._controller_port is None or self._controller_port == self._port:
             self._controller_port = _free_port()
-        for port in (self._port, self._controller_port):
+        ports = [self._port, self._controller_port]
+        if self._secure is not None:
+            if self._secure_port is None and previous and previous[2] is not None \
+                    and _port_is_free(previous[2]):
+                self._secure_port = previous[2]
+            while self._secure_port is None or self._secure_port in ports:
+                self._secure_port = _free_port()
+            ports.append(self._secure_port)
+        for port in ports:
             if not _port_is_free(port):
                 message = f"port {port} on {HOST} is already in use; choose another one"
                 raise BrokerStartError(message, self.log_tail())
 
-    def _previous_ports(self) -> tuple[int, int] | None:
-        """Client and controller ports of an earlier run on this data directory."""
+    def _previous_ports(self) -> tuple[int, int, int | None] | None:
+        """Client, controller and secure ports of an earlier run on this data directory."""
         if not self.properties_path.is_file():
             return None
         text = self.properties_path.read_text(encoding="utf-8")
         found = re.search(
-            r"^listeners=PLAINTEXT://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)$", text, re.MULTILINE
+            r"^listeners=PLAINTEXT://[^:]+:(\d+),CONTROLLER://[^:]+:(\d+)"
+            rf"(?:,{SECURE_LISTENER}://[^:]+:(\d+))?$",
+            text,
+            re.MULTILINE,
         )
-        return (int(found[1]), int(found[2])) if found else None
+        if not found:
+            return None
+        return int(found[1]), int(found[2]), int(found[3]) if found[3] else None
 
     def _properties(self) -> dict[str, str]:
         port, controller = self.port, self._controller_port
@@ -606,6 +729,12 @@ class LocalKafka:
             "group.initial.rebalance.delay.ms": "0",
             "num.partitions": "1",
         }
+        if self._secure is not None:
+            secure = f"{SECURE_LISTENER}://{HOST}:{self._secure_port}"
+            properties["listeners"] += "," + secure
+            properties["advertised.listeners"] += "," + secure
+            properties["listener.security.protocol.map"] += f",{SECURE_LISTENER}:SASL_SSL"
+            properties.update(self._secure.properties())
         properties.update(self._extra_properties)
         return properties
 
@@ -636,6 +765,7 @@ class LocalKafka:
             _cluster_id(),
             "--config",
             str(self.properties_path),
+            *(self._secure.format_arguments() if self._secure is not None else ()),
         ]
         try:
             result = subprocess.run(
@@ -708,6 +838,7 @@ async def create_topics(
     *,
     replication_factor: int = 1,
     timeout: float = 30.0,
+    client: Mapping[str, Any] | None = None,
 ) -> None:
     """Create topics and wait until every partition has a leader.
 
@@ -726,6 +857,10 @@ async def create_topics(
         Replicas of each new topic (1 on the local broker).
     timeout
         Seconds for the whole operation.
+    client
+        Security settings for the admin client, as aiokafka keywords
+        (``security_protocol``, ``ssl_context``, ``sasl_mechanism``,
+        ``sasl_plain_username``, ``sasl_plain_password``); PLAINTEXT when ``None``.
 
     Raises
     ------
@@ -740,6 +875,7 @@ async def create_topics(
         bootstrap_servers=bootstrap,
         client_id="txwatch-create-topics",
         request_timeout_ms=int(timeout * 1000),
+        **dict(client or {}),
     )
     try:
         await admin.start()
@@ -766,6 +902,72 @@ async def create_topics(
             await asyncio.sleep(0.05)
     finally:
         await admin.close()
+
+
+async def check_access(
+    bootstrap: str, client: Mapping[str, Any] | None = None, *, timeout: float = 10.0
+) -> None:
+    """Connect to the bootstrap servers once, as the real clients will, or say precisely why not.
+
+    aiokafka's clients log a refused login and then report only that they
+    could not bootstrap, and Faust retries that for ever; a worker calls this
+    first so that wrong credentials or an untrusted certificate stop it at
+    once with a message naming the cause.
+
+    Parameters
+    ----------
+    bootstrap
+        ``host:port[,host:port]``.
+    client
+        Security settings as aiokafka keywords (see :func:`create_topics`).
+    timeout
+        Seconds allowed for each server's connection, TLS handshake and login.
+
+    Raises
+    ------
+    BrokerAccessError
+        The credentials or the SASL mechanism are refused, the server's
+        certificate is not trusted, or no server answers; the message says
+        which and never contains the password.
+    """
+    options = dict(client or {})
+    protocol = str(options.get("security_protocol", "PLAINTEXT"))
+    user = options.get("sasl_plain_username")
+    mechanism = options.get("sasl_mechanism")
+    unreachable = []
+    for server in (part.strip() for part in bootstrap.split(",") if part.strip()):
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), client_id="txwatch-access-check",
+                            request_timeout_ms=int(timeout * 1000), **options),
+                timeout,
+            )
+        except SaslAuthenticationFailed as exc:
+            message = (f"Kafka at {server} refused the credentials of user {user!r} "
+                       f"({mechanism} over {protocol}): {exc}")
+            raise BrokerAccessError(message) from None
+        except UnsupportedSaslMechanismError as exc:
+            message = f"Kafka at {server} does not offer SASL mechanism {mechanism}: {exc}"
+            raise BrokerAccessError(message) from None
+        except ssl.SSLCertVerificationError as exc:
+            message = (f"the TLS certificate of Kafka at {server} is not trusted: "
+                       f"{exc.verify_message}")
+            raise BrokerAccessError(message) from None
+        except ssl.SSLError as exc:
+            message = (f"TLS handshake with Kafka at {server} failed ({exc.reason}); "
+                       f"is {server} a {protocol} listener?")
+            raise BrokerAccessError(message) from None
+        except (OSError, TimeoutError, KafkaError) as exc:
+            reason = "no answer" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
+            if protocol.startswith("SASL") and isinstance(exc, TimeoutError):
+                reason += f" (a login as {user!r} with {mechanism} did not complete)"
+            unreachable.append(f"{server}: {reason}")
+            continue
+        conn.close()
+        return
+    message = f"cannot reach Kafka over {protocol}: " + "; ".join(unreachable or [bootstrap])
+    raise BrokerAccessError(message)
 
 
 def _has_leaders(topic: Mapping[str, object]) -> bool:

@@ -9,6 +9,11 @@ replay      publish a JSON Lines file of events, keeping their event times
 tail        print alerts as they arrive
 broker      run the local Apache Kafka broker in the foreground
 settings    list every TXWATCH_* variable with its default
+portfolio   lending book: migration matrix, concentration, vintages
+rules       publish or show the detector configuration all workers follow
+feedback    record an analyst's disposition of an alert
+evaluate    simulated scenarios through a real worker: precision, recall, delay
+backtest    the same table offline on a JSON Lines history
 """
 
 from __future__ import annotations
