@@ -122,10 +122,10 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
         if isinstance(value, str):
             try:
                 day = date.fromisoformat(value)
-            except ValueError:
+                end = datetime.combine(day + timedelta(days=1), time(), UTC)
+            except (ValueError, OverflowError):  # 9999-12-31 has no next day
                 day = None
             if day is not None:
-                end = datetime.combine(day + timedelta(days=1), time(), UTC)
                 due = int(end.timestamp()) + self.grace_seconds
                 if due > disbursed:
                     return due

@@ -4,7 +4,7 @@ A configuration is a JSON-compatible mapping (the worker reads it from the file
 named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
 
     {
-      "version": "defaults-2",
+      "version": "defaults-3",
       "detectors": {
         "<detector name>": {
           "params": {...},              # constructor arguments; defaults when left out
@@ -42,9 +42,12 @@ from detectors.amount_outlier import AmountOutlier
 from detectors.base import SEVERITIES, Detector, KeyedDetector, ThresholdAlerter
 from detectors.blacklist import Blacklist
 from detectors.borrow_and_vanish import BorrowAndVanish
+from detectors.crowdfunding import PayoutAfterSuspiciousPledges, PledgeChurn, SuspiciousPledging
 from detectors.fan_out import FanOut
+from detectors.flow import Cycle, FanIn, GatherScatter, ScatterGather
 from detectors.fund_segregation import FundSegregation
 from detectors.halfspace import GlobalAnomaly
+from detectors.identity import IdentityReuse, LoanStacking
 from detectors.precipitated_funds import PrecipitatedFunds
 from detectors.rapid_pass_through import RapidPassThrough
 from detectors.structuring import Structuring
@@ -68,10 +71,22 @@ DETECTORS: Final[Mapping[str, type[Detector] | type[KeyedDetector[Any]]]] = {
     )
 }
 
+#: Detectors of the derived stages (``stage`` class attribute: flow, identity,
+#: project). They read the features of a stage's sketch, not an account's, so
+#: the worker runs them in that stage and the account conformance suite skips them.
+STAGE_DETECTORS: Final[Mapping[str, type[Detector]]] = {
+    cls.name: cls
+    for cls in (
+        Cycle, ScatterGather, GatherScatter, FanIn,
+        IdentityReuse, LoanStacking,
+        PledgeChurn, SuspiciousPledging, PayoutAfterSuspiciousPledges,
+    )
+}
+
 #: The packaged configuration. Treat it as read-only: :func:`build_alerters`
 #: copies what it uses, and ``copy.deepcopy`` gives a version to edit.
 DEFAULT_CONFIG: Final[dict[str, Any]] = {
-    "version": "defaults-2",
+    "version": "defaults-3",
     "detectors": {
         "velocity": {
             "params": {
@@ -203,6 +218,18 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "severity": "high",
             "learn_flagged": True,
         },
+        # -- derived stages (streams/stages.py) -------------------------------------------
+        "cycle": {"params": {"min_ring": 3, "max_ring": 8, "max_span_seconds": 2_592_000},
+                  "threshold": 1.0, "severity": "high"},
+        "scatter_gather": {"params": {"min_vias": 3}, "threshold": 1.0, "severity": "high"},
+        "gather_scatter": {"params": {"min_in": 5, "min_out": 5}, "threshold": 1.0,
+                           "severity": "medium"},
+        "fan_in": {"params": {"max_senders": 20}, "threshold": 1.0, "severity": "medium"},
+        "identity_reuse": {"threshold": 1.0, "severity": "high"},
+        "loan_stacking": {"threshold": 1.0, "severity": "high"},
+        "pledge_churn": {"threshold": 1.0, "severity": "medium"},
+        "suspicious_pledging": {"threshold": 1.0, "severity": "high"},
+        "suspicious_payout": {"threshold": 1.0, "severity": "high"},
     },
 }
 
@@ -240,6 +267,15 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
     account_takeover 1.0 high False
     blacklist 1.0 high False
     borrow_and_vanish 0.8 high True
+    cycle 1.0 high False
+    scatter_gather 1.0 high False
+    gather_scatter 1.0 medium False
+    fan_in 1.0 medium False
+    identity_reuse 1.0 high False
+    loan_stacking 1.0 high False
+    pledge_churn 1.0 medium False
+    suspicious_pledging 1.0 high False
+    suspicious_payout 1.0 high False
     >>> build_alerters({"version": "v2", "detectors": {"velocity": {"threshold": 1.0}}})
     Traceback (most recent call last):
     ...
@@ -262,9 +298,10 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
 
 def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
     where = f"detectors.{name}"
-    cls = DETECTORS.get(name) if isinstance(name, str) else None
+    known = {**DETECTORS, **STAGE_DETECTORS}
+    cls = known.get(name) if isinstance(name, str) else None
     if cls is None:
-        message = f"{where}: unknown detector; known detectors are {sorted(DETECTORS)}"
+        message = f"{where}: unknown detector; known detectors are {sorted(known)}"
         raise ValueError(message)
     if not isinstance(spec, Mapping):
         message = f"{where} must be a mapping, not {spec!r}"

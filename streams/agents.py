@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -132,6 +133,30 @@ class MonitorAgent:
         rt.sensors.on_state_size(len(rt.table.data))
 
 
+#: Exit status of a worker that stopped itself rather than commit a batch it failed.
+BATCH_FAILED_EXIT = 70
+
+
+async def guarded(process: Any, events: Sequence[Any]) -> None:
+    """Run one batch; if it fails, stop the process before Faust can commit it.
+
+    Faust acks a ``take_events`` batch when the generator resumes, whatever
+    happened inside, so an exception here (a send the broker refused, a bug)
+    would commit offsets whose alerts and state never reached Kafka. Exiting
+    at once leaves them uncommitted: the restarted worker processes the batch
+    again.
+    """
+    try:
+        await process(events)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.critical("a batch of %d events failed; exiting without committing it "
+                     "(it is processed again after the restart)", len(events), exc_info=True)
+        logging.shutdown()
+        os._exit(BATCH_FAILED_EXIT)
+
+
 def send_forward(runtime: Runtime, forward: Forward) -> Any:
     """Queue a record for a derived stage, keyed by that stage's entity."""
     topic = runtime.stage_topics.get(forward.stage)
@@ -188,7 +213,7 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
 
     async def monitor(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
-            await agent.process_batch(events)
+            await guarded(agent.process_batch, events)
 
     app.agent(runtime.input_topic, name="txwatch.monitor")(monitor)
 
@@ -198,7 +223,7 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
         async def run_stage(stream: Any, stage_agent: StageAgent = stage_agent) -> None:
             async for events in stream.take_events(settings.batch_size,
                                                    within=settings.batch_within):
-                await stage_agent.process_batch(events)
+                await guarded(stage_agent.process_batch, events)
 
         app.agent(runtime.stage_topics[name], name=f"txwatch.stage.{name}")(run_stage)
 

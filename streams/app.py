@@ -85,6 +85,22 @@ def load_detector_config(path: Path | None) -> dict[str, Any]:
     return config
 
 
+def broker_credentials(settings: Settings) -> Any:
+    """Faust's form of the Kafka security settings; ``None`` for PLAINTEXT."""
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = settings.kafka_client().get("ssl_context")
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password.get(),
+        mechanism=settings.sasl_mechanism,
+        ssl_context=context,
+    )
+
+
 def build_monitor(settings: Settings, sensor: Sensor | None = None,
                   stages: Mapping[str, DerivedStage] | None = None,
                   flow_states: Mapping[Any, Any] | None = None) -> Monitor:
@@ -167,6 +183,7 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=1,

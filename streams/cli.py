@@ -52,16 +52,24 @@ def run_worker(settings: Settings) -> int:
 
     from streams import __version__
     from streams.app import create_app, load_detector_config
-    from streams.broker import create_topics
+    from streams.broker import BrokerError, check_access, create_topics
     from streams.metrics import PrometheusSensor
 
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Faust subscribes before it would create a missing input topic, and would only
-    # see it after a metadata refresh: create every topic we read or write first.
-    asyncio.run(create_topics(settings.broker, [
-        *settings.input_topics, settings.alert_topic, settings.dead_letter_topic,
-    ], settings.partitions))
+    client = settings.kafka_client()
+    try:
+        # Wrong credentials or an untrusted certificate stop the worker here, with
+        # the cause; Faust's own clients would log it and retry for ever.
+        asyncio.run(check_access(settings.broker, client))
+        # Faust subscribes before it would create a missing input topic, and would only
+        # see it after a metadata refresh: create every topic we read or write first.
+        asyncio.run(create_topics(settings.broker, [
+            *settings.input_topics, settings.alert_topic, settings.dead_letter_topic,
+        ], settings.partitions, client=client))
+    except BrokerError as exc:
+        print(f"txwatch worker: {exc}", file=sys.stderr, flush=True)
+        return 2
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -138,7 +146,7 @@ async def tail_alerts(settings: Settings, from_beginning: bool, as_json: bool,
     consumer = AIOKafkaConsumer(
         settings.alert_topic, bootstrap_servers=settings.broker,
         auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False, group_id=None,
+        enable_auto_commit=False, group_id=None, **settings.kafka_client(),
     )
     await consumer.start()
     seen = 0

@@ -473,6 +473,10 @@ class Decoder:
                 payload, redacted = self._redact_bytes(raw)
         if len(detail) > _MAX_DETAIL_CHARS:
             detail = detail[: _MAX_DETAIL_CHARS - 3] + "..."
+        if len(payload) > self._max_bytes:
+            # hashing personal values can make a payload several times longer: keep the
+            # dead letter within the size Kafka accepts
+            payload = payload[: self._max_bytes]
         return CodecDeadLetter(reason, detail, payload, topic, partition, offset,
                                payload_redacted=redacted, event_type=event_type)
 

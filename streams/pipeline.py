@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 
 PRECIPITATED_FUNDS = PrecipitatedFunds.name
 
+#: How far an event's time may lie after its message's timestamp (producer clocks
+#: drift; a day is generous). Later events are dead-lettered with reason ``timestamp``.
+MAX_FUTURE_SECONDS = 86_400
+
 #: Dead-letter reason for a message that made the worker itself fail.
 PROCESSING_ERROR = "processing_error"
 
@@ -125,6 +129,18 @@ class Monitor:
             self.sensor.on_dead_letter(decoded)
             return Outcome(dead_letter=decoded)
         event = decoded
+        written = source_timestamp
+        if written is None:
+            written = (now or datetime.now(UTC)).timestamp()
+        if event.occurred_at.timestamp() > written + MAX_FUTURE_SECONDS:
+            # one far-future event would move the account's clock and blind its windows
+            ahead = event.occurred_at.timestamp() - written
+            dead = self.decoder.reject(
+                "timestamp", f"occurred_at {event.occurred_at.isoformat()} is {ahead:,.0f} s "
+                f"after the message was written (at most {MAX_FUTURE_SECONDS:,} s allowed)",
+                raw, topic, partition, offset)
+            self.sensor.on_dead_letter(dead)
+            return Outcome(dead_letter=dead)
         key = event.account_id.encode()
         state = states.get(key)
         if state is None:

@@ -7,12 +7,15 @@ Every variable is documented beside its field and listed in the README
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 PREFIX = "TXWATCH_"
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
 
 class Secret:
@@ -52,6 +55,23 @@ class Settings:
 
     broker: str = _env(
         "BROKER", "Kafka bootstrap servers, host:port[,host:port].", "127.0.0.1:9092"
+    )
+    security_protocol: str = _env(
+        "SECURITY_PROTOCOL",
+        "How to talk to Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+        "PLAINTEXT",
+    )
+    sasl_mechanism: str = _env(
+        "SASL_MECHANISM", "SASL mechanism: SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.", "SCRAM-SHA-512"
+    )
+    sasl_username: str = _env("SASL_USERNAME", "SASL user name (SASL_* protocols).", "")
+    sasl_password: Secret = _env(
+        "SASL_PASSWORD", "SASL password (SASL_* protocols).", Secret("")
+    )
+    ssl_cafile: Path | None = _env(
+        "SSL_CAFILE",
+        "PEM file of the CA certificates that sign the broker's; the system's when unset.",
+        None,
     )
     app_id: str = _env(
         "APP_ID", "Faust application id: the consumer group and the table prefix.", "txwatch"
@@ -131,6 +151,38 @@ class Settings:
         "REBALANCE_TIMEOUT", "Consumer group rebalance timeout in seconds.", 30.0
     )
     log_level: str = _env("LOG_LEVEL", "Worker log level.", "INFO")
+
+    def __post_init__(self) -> None:
+        protocol = self.security_protocol
+        if protocol not in SECURITY_PROTOCOLS:
+            message = (f"{PREFIX}SECURITY_PROTOCOL={protocol!r}: expected one of "
+                       f"{', '.join(SECURITY_PROTOCOLS)}")
+            raise SettingsError(message)
+        if protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                message = (f"{PREFIX}SASL_MECHANISM={self.sasl_mechanism!r}: expected one of "
+                           f"{', '.join(SASL_MECHANISMS)}")
+                raise SettingsError(message)
+            if not self.sasl_username or not self.sasl_password.get():
+                message = (f"{PREFIX}SECURITY_PROTOCOL={protocol} needs {PREFIX}SASL_USERNAME "
+                           f"and {PREFIX}SASL_PASSWORD")
+                raise SettingsError(message)
+        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
+            message = f"{PREFIX}SSL_CAFILE={str(self.ssl_cafile)!r}: no such file"
+            raise SettingsError(message)
+
+    def kafka_client(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for the security settings (admin, producer, consumer)."""
+        protocol = self.security_protocol
+        options: dict[str, Any] = {"security_protocol": protocol}
+        if protocol in ("SSL", "SASL_SSL"):
+            cafile = str(self.ssl_cafile) if self.ssl_cafile is not None else None
+            options["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        if protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get()
+        return options
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1683,6 +1683,7 @@ def kafka_producer(settings: Settings) -> Producer:
         linger_ms=20,
         max_batch_size=256 * 1024,
         request_timeout_ms=30_000,
+        **settings.kafka_client(),
     )
     return producer
 
@@ -1694,7 +1695,8 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
     created meanwhile by someone else counts as existing.
     """
     wanted = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, client_id="txwatch-simulator")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, client_id="txwatch-simulator",
+                                **settings.kafka_client())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -60,6 +60,12 @@ IDENTITY_EVENT_TYPES: Final = frozenset(
 )
 IDENTITY_KINDS: Final = ("device_id", "phone", "national_id")
 PROJECT_EVENT_TYPES: Final = frozenset({"pledge", "pledge_refund", "project_payout"})
+#: How far a change of an account's destinations is relayed upstream (``None``:
+#: all the way, bounded by the ring length and the hub degree). Measured on a dense
+#: synthetic network: 2 hops cost 6 relays per transfer on average and found 83 of
+#: 100 injected rings; relaying everything found all 100 at 41. When a ring's
+#: transfers are processed together (a backlog), only full relaying finds it.
+FLOW_RELAY_HOPS: Final[int | None] = None
 
 
 class Sketch(Protocol):
@@ -168,7 +174,9 @@ class DerivedStage:
                       self.name, offset, type(exc).__name__)
             return StageOutcome(rejected=type(exc).__name__)
         entry = self.entry(states, key)
-        event_id = f"{record.get('kind', '')}:{record.get('event_id', '')}"
+        # a relay wave may pass one account more than once: relays have ids of their own
+        event_id = (f"{record.get('kind', '')}:"
+                    f"{record.get('relay_id') or record.get('event_id', '')}")
         digest = short_hash(event_id)
         if (offset is not None and offset <= entry.offset) or digest in entry.recent_ids:
             return StageOutcome()
@@ -273,9 +281,16 @@ def _observe_flow(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any], 
 
 def _sketch_of(name: str) -> tuple[Any, Callable[..., Any]]:
     if name == FLOW:
-        from detectors.flow import FlowSketch
+        from detectors.flow import FlowParams, FlowSketch
 
-        return FlowSketch, _observe_flow
+        # relays keep ring detection independent of processing order
+        params = FlowParams(relay_hops=FLOW_RELAY_HOPS)
+
+        class BoundedFlow:
+            new = staticmethod(lambda: FlowSketch.new(params))
+            from_state = staticmethod(lambda state: FlowSketch.from_state(state, params))
+
+        return BoundedFlow, _observe_flow
     if name == IDENTITY:
         from detectors.identity import IdentitySketch
 

@@ -156,3 +156,31 @@ async def test_restarted_worker_continues_counting_from_its_state(env, tmp_path:
         assert velocity[0]["reasons"][0] == "10 transactions in 1 minute (limit 10 reached)"
     finally:
         worker.stop()
+
+
+async def test_money_circling_through_accounts_on_different_partitions_is_a_cycle_alert(
+        env, tmp_path: Path):
+    """A ring of four transfers, processed out of ring order, raises one cycle alert."""
+    bootstrap = env["TXWATCH_BROKER"]
+    ring = ["ring-a", "ring-b", "ring-c", "ring-d"]
+    hops = [(ring[i], ring[(i + 1) % 4]) for i in range(4)]
+    order = [hops[0], hops[2], hops[1], hops[3]]  # not in ring order
+    transfers = [{
+        "event_id": f"ring-{n}", "event_type": "transfer",
+        "occurred_at": (T0 + timedelta(minutes=10 * n)).isoformat().replace("+00:00", "Z"),
+        "account_id": sender, "counterparty_id": receiver, "amount": "9000.00",
+        "currency": "CNY",
+    } for n, (sender, receiver) in enumerate(order)]
+    with WorkerProcess(env, tmp_path / "worker.log") as worker:
+        for transfer in transfers:  # one at a time, as money moves
+            await produce(bootstrap, env["TXWATCH_PAYMENTS_TOPIC"], messages([transfer]))
+            wait_for(lambda t=transfer: worker.metric(
+                "txwatch_events_total", outcome="processed") >= transfers.index(t) + 1,
+                60, "the transfer processed")
+        alerts = await consume_until(
+            bootstrap, env["TXWATCH_ALERT_TOPIC"],
+            lambda rs: any(r["detector"] == "cycle" for r in rs), timeout=120)
+    cycles = [a for a in alerts if a["detector"] == "cycle"]
+    assert len({a["alert_id"] for a in cycles}) == 1
+    assert "4 accounts" in cycles[0]["reasons"][0], cycles[0]["reasons"]
+    assert cycles[0]["account_id"] in ring

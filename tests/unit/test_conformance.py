@@ -28,7 +28,7 @@ from detectors.checks import (
     checks_for,
     labelled_stream,
 )
-from detectors.registry import DEFAULT_CONFIG, DETECTORS, build_alerters
+from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS, build_alerters
 
 
 def _factory(name: str) -> AlerterFactory:
@@ -54,7 +54,7 @@ CASES = [
 
 
 def test_every_registered_detector_has_a_default_configuration() -> None:
-    assert set(DETECTORS) == set(DEFAULT_CONFIG["detectors"])
+    assert set(DETECTORS) | set(STAGE_DETECTORS) == set(DEFAULT_CONFIG["detectors"])
 
 
 def test_every_registered_detector_names_the_anomalies_it_exists_to_catch() -> None:

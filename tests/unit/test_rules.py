@@ -28,6 +28,8 @@ from streams.rules import (
 from streams.settings import Settings
 from streams.state import AccountState
 
+DEFAULT_VERSION = DEFAULT_CONFIG["version"]
+
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
@@ -84,8 +86,8 @@ class Harness:
 def test_a_new_version_takes_effect_and_alerts_carry_it() -> None:
     h = Harness()
     states: dict[bytes, AccountState] = {}
-    assert h.info("defaults-2") == 1.0
-    assert [a.config_version for a in burst(h.monitor, states, "a1", 12)] == ["defaults-2"]
+    assert h.info(DEFAULT_VERSION) == 1.0
+    assert [a.config_version for a in burst(h.monitor, states, "a1", 12)] == [DEFAULT_VERSION]
 
     assert h.watcher.apply(raw(config("v2", minute_count=5)), where="t.config@0")
 
@@ -94,7 +96,7 @@ def test_a_new_version_takes_effect_and_alerts_carry_it() -> None:
     # the tighter limit: the 5th payment in a minute alerts, with the version that raised it
     assert [(a.event_ids, a.config_version) for a in alerts] == [(("a2-4",), "v2")]
     assert h.info("v2") == 1.0
-    assert h.info("defaults-2") is None  # one version in force, one label set
+    assert h.info(DEFAULT_VERSION) is None  # one version in force, one label set
     assert h.rejected() == 0.0
 
 
@@ -130,7 +132,7 @@ def test_not_json_and_tombstones_are_rejected_not_raised() -> None:
     assert not h.watcher.apply(None)
     assert h.rejected() == 2.0
     assert "tombstone" in (h.watcher.last_error or "")
-    assert h.monitor.config_version == "defaults-2"
+    assert h.monitor.config_version == DEFAULT_VERSION
 
 
 def test_the_version_in_force_is_ignored_when_replayed() -> None:
@@ -159,8 +161,8 @@ def test_on_start_the_newest_valid_version_of_the_topic_wins() -> None:
 
     # the newest is already in force (the file and the topic agree): nothing happens
     h = Harness()
-    h.watcher.apply_history([(0, raw(config("v2"))), (1, raw(config("defaults-2")))])
-    assert h.monitor.config_version == "defaults-2"
+    h.watcher.apply_history([(0, raw(config("v2"))), (1, raw(config(DEFAULT_VERSION)))])
+    assert h.monitor.config_version == DEFAULT_VERSION
     assert h.watcher.applied == 0
 
 
@@ -198,15 +200,16 @@ class RingOfAccounts(Detector):
 def test_stage_detectors_go_to_their_stage_and_the_rest_to_the_monitor(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(DETECTORS, RingOfAccounts.name, RingOfAccounts)  # type: ignore[index]
-    flow = SimpleNamespace(alerters=[], config_version="defaults-2")
+    flow = SimpleNamespace(alerters=[], config_version=DEFAULT_VERSION)
     h = Harness(stages={"flow": flow})
     document = config("v2")
     document["detectors"]["test_ring"] = {"params": {"min_ring": 4}, "threshold": 1.0}
 
     assert h.watcher.apply(raw(document))
 
-    assert [a.name for a in flow.alerters] == ["test_ring"]
-    assert flow.alerters[0].detector.min_ring == 4
+    assert [a.name for a in flow.alerters][-1] == "test_ring"
+    assert {type(a.detector).stage for a in flow.alerters} == {"flow"}
+    assert flow.alerters[-1].detector.min_ring == 4
     assert flow.config_version == "v2"
     assert "test_ring" not in [a.name for a in h.monitor.alerters]
     assert "velocity" in [a.name for a in h.monitor.alerters]
@@ -239,7 +242,7 @@ def test_listeners_hear_of_each_new_version_and_cannot_break_it() -> None:
     h.watcher.listeners.append(lambda old, new: heard.append((old, new)))
     h.watcher.listeners.append(lambda old, new: 1 / 0)  # type: ignore[func-returns-value]
     assert h.watcher.apply(raw(config("v2")))
-    assert heard == [("defaults-2", "v2")]
+    assert heard == [(DEFAULT_VERSION, "v2")]
     assert h.monitor.config_version == "v2"
 
 
@@ -268,4 +271,5 @@ def test_preload_without_a_broker_starts_with_the_file_version(
     watcher = preload_rules(runtime, timeout=2.0)
     assert not watcher.caught_up
     assert runtime.monitor.config_version == DEFAULT_CONFIG["version"]
-    assert "could not read" in caplog.text and "starting with version defaults-2" in caplog.text
+    assert "could not read" in caplog.text
+    assert f"starting with version {DEFAULT_VERSION}" in caplog.text

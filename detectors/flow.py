@@ -1,0 +1,1273 @@
+"""Money flowing across accounts: rings, scatter-gather, gather-scatter and fan-in.
+
+One account's payments say little about laundering; the shape of the flows
+between accounts says a lot. Accounts live on different partitions, so the
+flow stage is message passing in which every step reads and writes the state
+of one account only: a :class:`FlowSketch` per account, kept by the worker in
+a durable table like stage 1 keeps velocity windows, and stateless detectors
+(:class:`Cycle`, :class:`ScatterGather`, :class:`GatherScatter`,
+:class:`FanIn`) over the features the sketch computes.
+
+Records
+-------
+A transfer ``u -> v`` of ``amount_minor`` at event time ``ts`` (epoch seconds)
+travels as three kinds of record, each processed on one account's partition:
+
+``edge`` at *v* (the receiver)
+    ``{"kind": "edge", "event_id", "event_type", "ts", "sender": u, "receiver": v,
+    "amount_minor", "sender_origins": edge_origins(sketch_u, u, ts)}``.
+    ``features = sketch_v.observe_edge(record)`` adds *u*'s origins to *v*'s,
+    one hop further, counts *u* among *v*'s senders and looks for a ring.
+``back`` at *u* (the sender), sent right after the edge was observed
+    ``{"kind": "back", "event_id", "event_type", "ts", "sender": u, "receiver": v,
+    "amount_minor", "receiver_dests": sketch_v.dests_for_back(ts),
+    "cycle_length": features["cycle_length"]}``.
+    ``outcome = sketch_u.observe_back(record)`` adds *v*'s destinations to
+    *u*'s, one hop further; ``outcome.features`` describe *u* as a hub, and
+    ``outcome.relays`` are follow-up records.
+``relay`` at one of *u*'s senders *s*
+    A back record for the earlier transfer ``s -> u``, sent when *u*'s
+    destinations changed: ``{"kind": "relay", "event_id" (the transfer that
+    started the wave), "relay_id" (unique, deterministic), "ts", "sender": s,
+    "receiver": u, "amount_minor", "receiver_dests", "cycle_length"}``.
+    Processed like a back record, by :meth:`FlowSketch.observe_back`, and
+    routed by ``"sender"``. Relays are idempotent: one applied twice changes
+    nothing and raises nothing a second time, but two different relays of one
+    wave can reach the same account, so a replay guard must key them on
+    ``relay_id``, not on ``event_id``.
+
+Why relays
+----------
+Origins travel forward with the edges and destinations backward with the
+back records, but that alone does not find every ring whichever of its
+transfers is processed last. In the ring ``a -> b -> c -> d -> a`` processed
+in the order ``a->b``, ``c->d``, ``b->c``, ``d->a``, only *b* and *c* learn
+that ``a`` reaches ``d``, and the closing transfer ``d -> a`` is processed at
+*a* with *d*'s origins ``{c}`` and *a*'s destinations ``{b}``: no record ever
+reached *a* or *d* with the middle transfer's news. Relays carry it: when an
+account's destinations change it sends the change to its direct senders, so
+destinations are closed backward along every processed transfer. With the
+closure, when ``u -> v`` is processed, every account that *v* reaches through
+earlier transfers is in *v*'s destinations, ``u`` included if a path
+``v -> ... -> u`` exists: the ring is found on the last of its transfers, in
+any processing order and whatever the order of their event times
+(``tests/property/test_flow_properties.py``). When relays lag behind (they
+are asynchronous in the worker), the ring is found by the back or relay
+record that completes it instead.
+
+A relay wave stops after ``max_ring - 2`` accounts upstream (entries
+never exceed ``max_ring - 1`` hops) and an account sends only the entries
+that changed: new, fewer hops, or a path fresher by ``window_seconds / 8``.
+Hubs (see below) neither relay nor pass their origins or destinations on.
+Still, on a dense network relays outnumber transfers many times over (every
+new receiver changes what all of its senders reach): ``relay_hops`` in
+:class:`FlowParams` relays only the changes of short paths, trading traffic
+for rings found only when their transfers are processed in a favourable
+order; 0 turns relays off.
+
+Ring check
+----------
+At *v*, for the edge ``u -> v``, a ring exists when some account *x* is both
+in *v*'s destinations (or is *v*, at hop 0) and in the carried origins of *u*
+(or is *u*, at hop 0); the ring has ``hops(v ~> x) + hops(x ~> u) + 1``
+accounts (transfers), from 2 up to ``max_ring``. Every transfer of the ring
+must lie within ``window_seconds`` of every other one. The shortest such ring
+is reported, and remembered as the destination "itself" of *v*.
+
+Every account of a ring eventually learns, from a back or relay record, that
+it reaches itself. To report a ring once, not once per account, destination
+entries carry ``low``, the smallest account hash on their path, and on a back
+or relay record only the ring's *leader* (the account whose hash is the
+ring's ``low``) reports it, when it first learns it. A back record carries
+the ``cycle_length`` the edge check reported and every relay of the wave
+passes it on: a wave whose transfer already reported a ring reports no
+other. In order, one ring gives exactly one finding, on its last transfer;
+with relays lagging, at least one and rarely two (the edge check and the
+leader, through a wave that started before the ring closed).
+
+Sketch and bounds
+-----------------
+Per account, with the defaults of :class:`FlowParams` (``K = max_entries = 64``):
+
+* origins: up to *K* entries ``[hash, hops, first_ts, last_ts]`` (accounts
+  with a path to this one, hops 1 to ``max_ring - 1``);
+* destinations: up to *K* entries ``[hash, hops, first_ts, last_ts, low]``
+  (accounts this one reaches; hop-1 entries are its direct receivers; an
+  entry for the account itself records the shortest ring through it);
+* senders: up to *K* entries ``[account_id, last_ts, last_amount_minor]``
+  (clear ids: relays are routed to them; account ids are not personal data);
+* gathers: up to ``max_gather_origins`` (8) origins two hops away, each
+  ``[hash, account_id | None, [[via_hash, ts], ...]]`` with up to
+  ``max_vias`` (8) intermediaries. When full, the origins with the fewest
+  intermediaries go first, so a pattern keeps its place among one-off
+  origins. A sender with more than ``max_gather_origins`` direct senders of
+  its own is not counted as an intermediary: mules are dedicated accounts,
+  and a busy sender's origins would flush the table.
+
+Account ids in entries are 48-bit BLAKE2b hashes (:func:`stable_hash`), exact
+in any JSON reader; a collision among one account's entries is a one in
+10^10 event. Entries whose earliest transfer is more than ``window_seconds``
+older than the newest record the sketch has seen are pruned; senders too;
+intermediaries after ``2 * hub_seconds``. When a table is full the oldest
+entry goes first (among equals the farthest); a sender, the least recent.
+
+JSON size: at most ``(43 + 59) * K + (id + 35) * K + (id + 24 + 29 * 8) * 8 + id +
+26`` bytes, where ``id`` is the JSON length of the longest account id:
+:meth:`FlowParams.max_state_bytes` computes it, 12,594 bytes for 24-byte ids
+and 20,186 bytes for the 128 characters the event contract allows. An
+account whose few counterparties trade little with others holds a few
+hundred bytes; where everyone reaches many accounts within 7 transfers the
+tables fill (a synthetic network of 5,000 accounts with 1 to 6 usual
+counterparties each and 50,000 transfers a month averaged 6 KB).
+
+When a bounded sketch misses a ring
+-----------------------------------
+The guarantee above holds when no table overflowed and no account on the
+ring is a hub. A ring can be missed when
+
+* an account on it has ``hub_degree`` (32) or more senders or receivers in
+  the window: hubs stop propagation, on purpose, or every account would
+  reach every other within a few hops and relays would flood the network;
+  a ring with the hub as the closing transfer's receiver is still found;
+* heavy fan-in or fan-out overflows a table: the oldest entries are evicted,
+  and with them the paths through those accounts; a sender evicted before a
+  relay wave passes is not told;
+* a path is longer than ``max_ring - 1`` transfers, or the transfers span
+  more than ``window_seconds``;
+* ``relay_hops`` is below ``max_ring - 1`` and the ring's transfers were
+  processed in an order that needed a longer relay;
+* one transfer completes two rings: only the first found is reported.
+
+Origins are not relayed: a ring is found through the destinations alone,
+and origins serve the check at the closing edge when relays are late and
+the scatter-gather count.
+
+Features
+--------
+``observe_edge`` returns, for the receiver *v*:
+
+==========================  ==============================================================
+``record_kind``             ``"edge"`` (``"back"`` or ``"relay"`` from :meth:`~FlowSketch.observe_back`)
+``event_id``, ``event_type``  of the transfer (``"transfer"`` when the record has none)
+``ts``, ``amount_minor``    of the transfer
+``account_id``              *v*, the receiver (for back and relay records: the sender)
+``counterparty_id``         *u*, the sender (for back and relay records: the receiver)
+``cycle_length``            accounts in the shortest ring this record completes; 0 if none
+``cycle_amount_minor``      amount of the ring's closing transfer (0 if unknown or no ring)
+``cycle_span_seconds``      event time from the ring's first to its last transfer (0 if none)
+``fan_in_senders``          distinct senders of *v* in the densest ``fan_in_seconds`` window
+                            around this transfer, this one included (at most *K*)
+``fan_in_span_seconds``     first to last of those senders' transfers
+``fan_in_seconds``          the fan-in window, for reasons
+``scatter_gather_vias``     most distinct intermediaries through which one origin reached *v*
+                            in two hops, within ``hub_seconds`` of this transfer
+``scatter_gather_origin``   that origin's hash as 12 hex digits, or ``None``
+``scatter_gather_origin_id``  its account id when known (the intermediary's sender), or ``None``
+``gather_scatter_in``       distinct senders of the account within ``hub_seconds`` of ``ts``
+``gather_scatter_out``      distinct receivers of the account within ``hub_seconds`` of ``ts``
+``hub_seconds``             the hub window, for reasons
+==========================  ==============================================================
+
+On back records the fan-in and scatter-gather features are 0 (nothing came
+in); on relays the hub features are 0 too (nothing new was sent).
+
+Examples
+--------
+The ring of the section above, in the order that needs relays:
+
+>>> stage = InMemoryFlowStage()
+>>> day = 86_400
+>>> ring = ["acct-a", "acct-b", "acct-c", "acct-d"]
+>>> found = []
+>>> for i, (u, v) in enumerate([(0, 1), (2, 3), (1, 2), (3, 0)]):
+...     for x in stage.transfer(f"t{i}", 1_709_251_200 + i * day, ring[u], ring[v], 1_200_000):
+...         if x["cycle_length"]:
+...             found.append((x["event_id"], x["account_id"], x["cycle_length"]))
+>>> found
+[('t3', 'acct-a', 4)]
+"""  # noqa: E501 - the feature table's rows are one line each
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from bisect import insort
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar, Final, NamedTuple
+
+from detectors.base import Detector, Features
+from detectors.money import format_minor
+from detectors.params import non_negative_int, optional_int, positive_int
+from detectors.timeline import KEPT_WINDOWS, densest_window, format_duration
+
+#: First element of :meth:`FlowSketch.to_state`; bumped when the layout changes.
+STATE_FORMAT: Final = 1
+#: Record kinds the flow stage handles.
+RECORD_KINDS: Final = ("edge", "back", "relay")
+
+# A path entry in memory: [hops, first_ts, last_ts] for origins, [hops, first_ts, last_ts, low]
+# for destinations, where low is the smallest account hash on the path after this account; in
+# JSON the hash comes first.
+_HOPS, _FIRST, _LAST, _LOW = range(4)
+# A sender in memory: [last_ts, last_amount_minor].
+_TS, _AMOUNT = range(2)
+
+
+@lru_cache(maxsize=65_536)
+def stable_hash(value: str) -> int:
+    """A stable 48-bit number for an account id or an event id.
+
+    Python's ``hash`` is salted per process, so it cannot be stored or sent to
+    another worker. 48 bits keep the number exact in JSON readers that use
+    doubles and make a collision among one sketch's entries a one in ten
+    billion event.
+
+    Examples
+    --------
+    >>> stable_hash("acct-0000042") == stable_hash("acct-0000042")
+    True
+    >>> stable_hash("acct-0000042") < 2**48
+    True
+    >>> hash_hex(stable_hash("acct-0000042"))
+    'e882e56bfaca'
+    """
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=6).digest(), "big")
+
+
+def hash_hex(value: int) -> str:
+    """A :func:`stable_hash` as 12 hexadecimal digits."""
+    return f"{value:012x}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowParams:
+    """The bounds of every :class:`FlowSketch` of one stage.
+
+    Parameters
+    ----------
+    max_entries
+        Most origins, destinations and senders kept per account, each.
+    window_seconds
+        Longest event time from a ring's first transfer to its last; entries
+        older than it (behind the newest record seen) are pruned.
+    max_ring
+        Most accounts (transfers) in a ring; paths are kept up to
+        ``max_ring - 1`` hops.
+    fan_in_seconds
+        Width of the window in which distinct senders are counted.
+    hub_seconds
+        Half-width of the window around a transfer in which a hub's senders and
+        receivers, and scatter-gather intermediaries, are counted.
+    hub_degree
+        An account with this many senders, or receivers, within the window is a
+        hub: it keeps its own sketch but passes no origins or destinations on.
+    max_vias
+        Intermediaries kept per two-hop origin.
+    max_gather_origins
+        Two-hop origins whose intermediaries are kept.
+    relay_hops
+        Longest path, in transfers, whose changes are relayed; ``None`` for every
+        kept path (``max_ring - 1``), which the any-order guarantee needs. Fewer
+        relays mean less traffic and rings found only in favourable orders: 0
+        turns relays off.
+    """
+
+    max_entries: int = 64
+    window_seconds: int = 30 * 86_400
+    max_ring: int = 8
+    fan_in_seconds: int = 86_400
+    hub_seconds: int = 3 * 86_400
+    hub_degree: int = 32
+    max_vias: int = 8
+    max_gather_origins: int = 8
+    relay_hops: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_entries", "window_seconds", "fan_in_seconds", "hub_seconds", "hub_degree",
+            "max_vias", "max_gather_origins",
+        ):  # fmt: skip
+            positive_int(name, getattr(self, name))
+        if self.relay_hops is not None:
+            non_negative_int("relay_hops", self.relay_hops)
+        positive_int("max_ring", self.max_ring)
+        if not 2 <= self.max_ring <= 64:
+            message = f"max_ring must be between 2 and 64 accounts, not {self.max_ring!r}"
+            raise ValueError(message)
+
+    @property
+    def path_hops(self) -> int:
+        """Most hops of a kept path: a ring of ``max_ring`` is such a path plus one transfer."""
+        return self.max_ring - 1
+
+    @property
+    def relayed_hops(self) -> int:
+        """Longest path whose changes are relayed."""
+        if self.relay_hops is None:
+            return self.path_hops
+        return min(self.relay_hops, self.path_hops)
+
+    @property
+    def refresh_seconds(self) -> int:
+        """How much fresher an equally short path must be to be relayed again."""
+        return max(1, self.window_seconds // 8)
+
+    def max_state_bytes(self, id_bytes: int = 128) -> int:
+        """Upper bound of ``len(orjson.dumps(sketch.to_state()))``.
+
+        Parameters
+        ----------
+        id_bytes
+            The JSON length of the longest account id, quotes excluded.
+
+        Examples
+        --------
+        >>> FlowParams().max_state_bytes(24)
+        12594
+        >>> FlowParams().max_state_bytes()
+        20186
+        """
+        ident = id_bytes + 2
+        # [hash<=15 digits, hops<=2, ts<=10, ts<=10] and a comma; destinations add a low hash
+        path = 1 + 15 + 1 + 2 + 1 + 10 + 1 + 10 + 1 + 1
+        dest = path + 1 + 15
+        # [id, ts<=10, amount<=18 digits (10**17 minor units)] and a comma
+        sender = 1 + ident + 1 + 10 + 1 + 18 + 1 + 1
+        via = 1 + 15 + 1 + 10 + 1 + 1
+        gather = 1 + 15 + 1 + max(ident, 4) + 1 + 2 + via * self.max_vias + 1 + 1
+        header = 1 + 2 + ident + 1 + 10 + 1 + 4 * 2 + 1
+        return (
+            header
+            + (path + dest) * self.max_entries
+            + sender * self.max_entries
+            + gather * self.max_gather_origins
+        )
+
+
+DEFAULT_FLOW_PARAMS: Final = FlowParams()
+
+
+class BackOutcome(NamedTuple):
+    """What :meth:`FlowSketch.observe_back` returns."""
+
+    #: Features of the account as a hub and of any ring the record completed.
+    features: dict[str, Any]
+    #: Relay records to send, each to the partition of its ``"sender"``.
+    relays: list[dict[str, Any]]
+
+
+class FlowSketch:
+    """One account's bounded view of the flows through it.
+
+    See the module documentation for the records, the bounds and the
+    features. Build one with :meth:`new` or :meth:`from_state`; the account id
+    is learnt from the first record (the receiver of an edge, the sender of a
+    back or relay record).
+
+    Parameters
+    ----------
+    params
+        The bounds, shared by every sketch of the stage.
+    """
+
+    __slots__ = ("account_id", "dests", "gathers", "latest_ts", "origins", "params", "senders")
+
+    def __init__(self, params: FlowParams = DEFAULT_FLOW_PARAMS) -> None:
+        self.params = params
+        self.account_id: str | None = None
+        self.latest_ts = 0
+        #: origin hash -> [hops, first_ts, last_ts]
+        self.origins: dict[int, list[int]] = {}
+        #: destination hash -> [hops, first_ts, last_ts, low]
+        self.dests: dict[int, list[int]] = {}
+        #: sender account id -> [last_ts, last_amount_minor]
+        self.senders: dict[str, list[int]] = {}
+        #: two-hop origin hash -> (account id or None, {via hash: ts})
+        self.gathers: dict[int, tuple[str | None, dict[int, int]]] = {}
+
+    # -- state --------------------------------------------------------------------------------
+
+    @classmethod
+    def new(cls, params: FlowParams = DEFAULT_FLOW_PARAMS) -> FlowSketch:
+        """An empty sketch."""
+        return cls(params)
+
+    def to_state(self) -> list[Any]:
+        """A JSON-able list; :meth:`from_state` rebuilds an equal sketch from it."""
+        return [
+            STATE_FORMAT,
+            self.account_id,
+            self.latest_ts,
+            [[key, *entry] for key, entry in sorted(self.origins.items())],
+            [[key, *entry] for key, entry in sorted(self.dests.items())],
+            [[account, *entry] for account, entry in sorted(self.senders.items())],
+            [
+                [key, account, sorted([via, ts] for via, ts in vias.items())]
+                for key, (account, vias) in sorted(self.gathers.items())
+            ],
+        ]
+
+    @classmethod
+    def from_state(
+        cls, state: Sequence[Any], params: FlowParams = DEFAULT_FLOW_PARAMS
+    ) -> FlowSketch:
+        """The sketch :meth:`to_state` described."""
+        if not isinstance(state, list | tuple) or len(state) != 7 or state[0] != STATE_FORMAT:
+            head = state[:1] if isinstance(state, list | tuple) else state
+            message = f"unknown flow sketch state format: {head!r}"
+            raise ValueError(message)
+        _, account_id, latest_ts, origins, dests, senders, gathers = state
+        sketch = cls(params)
+        sketch.account_id = account_id
+        sketch.latest_ts = latest_ts
+        sketch.origins = {key: [hops, first, last] for key, hops, first, last in origins}
+        sketch.dests = {key: [hops, first, last, low] for key, hops, first, last, low in dests}
+        sketch.senders = {account: [ts, amount] for account, ts, amount in senders}
+        sketch.gathers = {
+            key: (account, {via: ts for via, ts in vias}) for key, account, vias in gathers
+        }
+        return sketch
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FlowSketch):
+            return NotImplemented
+        return self.params == other.params and self.to_state() == other.to_state()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable: not hashable
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowSketch(account_id={self.account_id!r}, origins={len(self.origins)},"
+            f" dests={len(self.dests)}, senders={len(self.senders)})"
+        )
+
+    # -- what records carry -------------------------------------------------------------------
+
+    def origins_for_edge(self, ts: int, account_id: str | None = None) -> list[list[Any]]:
+        """The ``sender_origins`` of an edge leaving this account at ``ts``.
+
+        This account at hop 0, then its origins that fit a ring's window with
+        ``ts``. Hop-1 entries carry the sender's account id as a fifth element
+        when the sketch still has it, so the receiver can name a
+        scatter-gather origin. A hub sends itself only.
+        """
+        me = self._me(account_id)
+        out: list[list[Any]] = [[stable_hash(me), 0, ts, ts]]
+        if self._is_hub():
+            return out
+        named = self._sender_names() if self.origins else {}
+        for key, (hops, first, last) in sorted(self.origins.items()):
+            if self._fits(first, last, ts):
+                entry: list[Any] = [key, hops, first, last]
+                if hops == 1 and key in named:
+                    entry.append(named[key])
+                out.append(entry)
+        return out
+
+    def dests_for_back(self, ts: int, account_id: str | None = None) -> list[list[Any]]:
+        """The ``receiver_dests`` of the back record of an edge into this account at ``ts``.
+
+        This account at hop 0, then its destinations that fit with ``ts`` (the
+        entry for the account itself excluded; those at ``max_ring - 1`` hops
+        can only close a ring at the account they name). A hub sends itself
+        only.
+        """
+        me = self._me(account_id)
+        mine = stable_hash(me)
+        out: list[list[Any]] = [[mine, 0, ts, ts, mine]]
+        if self._is_hub():
+            return out
+        for key, (hops, first, last, low) in sorted(self.dests.items()):
+            if key != mine and self._fits(first, last, ts):
+                out.append([key, hops, first, last, low])
+        return out
+
+    # -- records ------------------------------------------------------------------------------
+
+    def observe_edge(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply an ``edge`` record at its receiver and return the receiver's features.
+
+        Raises ``ValueError`` when the record lacks ``ts``, ``sender`` or
+        ``receiver``, or belongs to another account: records are built by the
+        worker, so a bad one is a bug for the stage to log and skip.
+        """
+        ts, sender, receiver = _transfer(record)
+        self._own(receiver)
+        amount = _amount(record)
+        self._advance(ts)
+        features = self._features(record, "edge", receiver, sender, ts, amount)
+        if sender == receiver:
+            return features
+        carried = _origins(record.get("sender_origins"), sender, ts)
+        ring = self._ring_at_edge(carried, ts)
+        if ring is not None:
+            length, first, last = ring
+            features.update(cycle_length=length, cycle_amount_minor=amount,
+                            cycle_span_seconds=last - first)
+            # Remembered as the ring through this account, so that no later wave reports it
+            # here again. Its low is not read: only a new or shorter ring's low is.
+            self._merge(self.dests, stable_hash(receiver), [length, first, last, 0])
+            self._evict(self.dests)
+        self._add_sender(sender, ts, amount)
+        self._add_origins(carried, sender, ts)
+        features.update(self._fan_in(sender, ts))
+        features.update(self._scatter_gather(ts))
+        features.update(self._hub(ts, sender=sender))
+        return features
+
+    def observe_back(self, record: Mapping[str, Any]) -> BackOutcome:
+        """Apply a ``back`` or ``relay`` record at its sender.
+
+        Returns the sender's features and the relays to send to the sender's
+        own senders when its destinations changed. Raises ``ValueError`` like
+        :meth:`observe_edge`.
+        """
+        ts, sender, receiver = _transfer(record)
+        self._own(sender)
+        amount = _amount(record)
+        kind = "relay" if record.get("kind") == "relay" else "back"
+        self._advance(ts)
+        features = self._features(record, kind, sender, receiver, ts, amount)
+        if sender == receiver:
+            return BackOutcome(features, [])
+        reported = optional_int(record.get("cycle_length")) or 0
+        carried = _dests(record.get("receiver_dests"), receiver, ts)
+        changed = self._add_dests(carried, stable_hash(receiver), ts)
+        ring = None if reported else self._ring_at_back(changed)
+        if ring is not None:
+            length, span = ring
+            reported = length
+            features.update(cycle_length=length, cycle_amount_minor=amount,
+                            cycle_span_seconds=span)
+        if kind == "back":
+            features.update(self._hub(ts, receiver=receiver))
+        relays = self._relays(record, changed, reported)
+        return BackOutcome(features, relays)
+
+    # -- internals: bookkeeping ----------------------------------------------------------------
+
+    def _me(self, account_id: str | None) -> str:
+        me = account_id or self.account_id
+        if me is None:
+            message = "an empty flow sketch needs account_id to say whose origins or dests it gives"
+            raise ValueError(message)
+        return me
+
+    def _own(self, account_id: str) -> None:
+        if self.account_id is None:
+            self.account_id = account_id
+        elif self.account_id != account_id:
+            message = (
+                f"record for account {account_id!r} given to the flow sketch of"
+                f" {self.account_id!r}: records must be routed by their account"
+            )
+            raise ValueError(message)
+
+    def _fits(self, first: int, last: int, ts: int) -> bool:
+        return max(last, ts) - min(first, ts) <= self.params.window_seconds
+
+    def _advance(self, ts: int) -> None:
+        """Move the newest time seen forward and prune what fell out of the windows."""
+        if ts <= self.latest_ts:
+            return
+        self.latest_ts = ts
+        oldest = ts - self.params.window_seconds
+        for table in (self.origins, self.dests):
+            stale = [key for key, entry in table.items() if entry[_FIRST] < oldest]
+            for key in stale:
+                del table[key]
+        for account in [a for a, entry in self.senders.items() if entry[_TS] < oldest]:
+            del self.senders[account]
+        oldest_via = ts - KEPT_WINDOWS * self.params.hub_seconds
+        for key in list(self.gathers):
+            vias = self.gathers[key][1]
+            for via in [v for v, seen in vias.items() if seen < oldest_via]:
+                del vias[via]
+            if not vias:
+                del self.gathers[key]
+
+    def _merge(self, table: dict[int, list[int]], key: int, entry: list[int]) -> bool:
+        """Keep the shorter, then fresher, path to ``key``; whether a relay should tell it."""
+        old = table.get(key)
+        if old is None or entry[_HOPS] < old[_HOPS]:
+            table[key] = entry
+            return True
+        if entry[_HOPS] == old[_HOPS] and entry[_FIRST] > old[_FIRST]:
+            table[key] = entry
+            return entry[_FIRST] - old[_FIRST] >= self.params.refresh_seconds
+        return False
+
+    def _evict(self, table: dict[int, list[int]]) -> None:
+        excess = len(table) - self.params.max_entries
+        if excess <= 0:
+            return
+        # Oldest path first; among equally old, the farthest.
+        order = ((entry[_FIRST], -entry[_HOPS], key) for key, entry in table.items())
+        for _, _, key in [min(order)] if excess == 1 else heapq.nsmallest(excess, order):
+            del table[key]
+
+    def _add_sender(self, sender: str, ts: int, amount: int) -> None:
+        entry = self.senders.get(sender)
+        if entry is None:
+            self.senders[sender] = [ts, amount]
+        elif ts >= entry[_TS]:
+            entry[_TS] = ts
+            entry[_AMOUNT] = amount
+        excess = len(self.senders) - self.params.max_entries
+        if excess > 0:
+            others = (
+                (entry[_TS], account)
+                for account, entry in self.senders.items()
+                if account != sender
+            )
+            for _, account in [min(others)] if excess == 1 else heapq.nsmallest(excess, others):
+                del self.senders[account]
+
+    def _add_origins(self, carried: list[_Origin], sender: str, ts: int) -> None:
+        assert self.account_id is not None
+        mine = stable_hash(self.account_id)
+        via = stable_hash(sender)
+        origins = self.origins
+        longest = self.params.path_hops
+        window = self.params.window_seconds
+        # A sender that passes on more direct senders than the gather table holds is too
+        # busy to be a scatter-gather intermediary, and its origins would flush the table.
+        gathering = sum(1 for entry in carried if entry[1] == 1) <= self.params.max_gather_origins
+        gathered = False
+        # The merge of _merge, inlined: this loop runs over up to K + 1 entries per transfer,
+        # and origins need no "changed" answer since they are not relayed.
+        for key, hops, first, last, name in carried:
+            if key == mine:
+                continue
+            if hops == 1 and gathering:
+                self._add_via(key, name, via, ts)
+                gathered = True
+            if hops >= longest:
+                continue
+            first = min(first, ts)
+            last = max(last, ts)
+            if last - first > window:
+                continue
+            old = origins.get(key)
+            hops += 1
+            if old is None or hops < old[_HOPS] or (hops == old[_HOPS] and first > old[_FIRST]):
+                origins[key] = [hops, first, last]
+        self._evict(origins)
+        if gathered:
+            self._evict_gathers()
+
+    def _add_via(self, origin: int, name: str | None, via: int, ts: int) -> None:
+        account, vias = self.gathers.get(origin, (None, {}))
+        vias[via] = max(ts, vias.get(via, ts))
+        if len(vias) > self.params.max_vias:
+            del vias[min(vias, key=lambda v: (vias[v], v))]
+        self.gathers[origin] = (name or account, vias)
+
+    def _evict_gathers(self) -> None:
+        excess = len(self.gathers) - self.params.max_gather_origins
+        if excess <= 0:
+            return
+
+        # The origins with the fewest intermediaries go, the stalest among equals: noise
+        # (one intermediary each) makes room, a gathering pattern keeps its place.
+        def weight(key: int) -> tuple[int, int, int]:
+            kept = self.gathers[key][1]
+            return len(kept), max(kept.values()), key
+
+        for key in sorted(self.gathers, key=weight)[:excess]:
+            del self.gathers[key]
+
+    def _add_dests(self, carried: list[_Dest], receiver: int, ts: int) -> list[int]:
+        """Merge the receiver's destinations one hop further; the keys that changed."""
+        assert self.account_id is not None
+        mine = stable_hash(self.account_id)
+        changed = []
+        for key, hops, first, last, low in carried:
+            new_hops, new_first, new_last = hops + 1, min(first, ts), max(last, ts)
+            limit = self.params.max_ring if key == mine else self.params.path_hops
+            if new_hops > limit or new_last - new_first > self.params.window_seconds:
+                continue
+            if self._merge(self.dests, key, [new_hops, new_first, new_last, min(low, receiver)]):
+                changed.append(key)
+        self._evict(self.dests)
+        return [key for key in changed if key in self.dests]
+
+    def _sender_names(self) -> dict[int, str]:
+        return {stable_hash(account): account for account in self.senders}
+
+    def _receivers(self) -> Iterator[tuple[int, list[int]]]:
+        return ((key, entry) for key, entry in self.dests.items() if entry[_HOPS] == 1)
+
+    def _is_hub(self) -> bool:
+        degree = self.params.hub_degree
+        return len(self.senders) >= degree or sum(1 for _ in self._receivers()) >= degree
+
+    # -- internals: rings ---------------------------------------------------------------------
+
+    def _ring_at_edge(self, carried: list[_Origin], ts: int) -> tuple[int, int, int] | None:
+        """(length, first_ts, last_ts) of the shortest ring the edge closes, or ``None``."""
+        assert self.account_id is not None
+        mine = stable_hash(self.account_id)
+        params = self.params
+        best: tuple[int, int, int, int] | None = None
+        for key, hops, first, last, _ in carried:
+            if key == mine:
+                reach: list[int] | None = [0, ts, ts, mine]
+            else:
+                reach = self.dests.get(key)
+            if reach is None:
+                continue
+            length = reach[_HOPS] + hops + 1
+            if not 2 <= length <= params.max_ring:
+                continue
+            ring_first = min(first, reach[_FIRST], ts)
+            ring_last = max(last, reach[_LAST], ts)
+            span = ring_last - ring_first
+            if span <= params.window_seconds and (best is None or (length, span) < best[:2]):
+                best = (length, span, ring_first, ring_last)
+        return None if best is None else (best[0], best[2], best[3])
+
+    def _ring_at_back(self, changed: list[int]) -> tuple[int, int] | None:
+        """(length, span) of a ring through this account that it has just learnt, or ``None``.
+
+        Every account of a ring learns that it reaches itself, each through the
+        relay wave of whichever transfer completed the ring for it; only the
+        ring's leader, the account with the smallest hash on it, reports, so
+        one ring gives one finding whatever the order in which waves arrive.
+        """
+        assert self.account_id is not None
+        mine = stable_hash(self.account_id)
+        if mine not in changed:
+            return None
+        hops, first, last, low = self.dests[mine]
+        if low != mine or not 2 <= hops <= self.params.max_ring:
+            return None
+        return hops, last - first
+
+    def _relays(self, record: Mapping[str, Any], changed: list[int],
+                reported: int) -> list[dict[str, Any]]:
+        assert self.account_id is not None
+        mine = stable_hash(self.account_id)
+        if not changed or self._is_hub():
+            return []
+        # An entry at the longest path can grow no further: it only closes a ring at the
+        # account it names, so it goes to that sender alone.
+        longest = self.params.path_hops
+        relayed = self.params.relayed_hops
+        spread = min(longest - 1, relayed)
+        shared = [
+            [key, *self.dests[key]]
+            for key in sorted(changed)
+            if key != mine and self.dests[key][_HOPS] <= spread
+        ]
+        last_hop = {
+            key: [key, *self.dests[key]]
+            for key in changed
+            if key != mine and self.dests[key][_HOPS] == longest and longest <= relayed
+        }
+        parent = str(record.get("relay_id") or record.get("event_id", ""))
+        relays = []
+        for account, (sent_ts, sent_amount) in sorted(self.senders.items()):
+            closing = last_hop.get(stable_hash(account))
+            payload = [*shared, closing] if closing is not None else shared
+            if not payload:
+                continue
+            relay_key = f"{parent}\x1f{self.account_id}\x1f{account}".encode()
+            relay_id = "relay-" + hashlib.blake2b(relay_key, digest_size=12).hexdigest()
+            relays.append({
+                "kind": "relay",
+                "event_id": record.get("event_id"),
+                "event_type": record.get("event_type") or "transfer",
+                "relay_id": relay_id,
+                "ts": sent_ts,
+                "sender": account,
+                "receiver": self.account_id,
+                "amount_minor": sent_amount,
+                "receiver_dests": [list(entry) for entry in payload],
+                "cycle_length": reported,
+            })  # fmt: skip
+        return relays
+
+    # -- internals: features ------------------------------------------------------------------
+
+    def _features(self, record: Mapping[str, Any], kind: str, account: str, counterparty: str,
+                  ts: int, amount: int) -> dict[str, Any]:
+        return {
+            "record_kind": kind,
+            "event_id": record.get("event_id"),
+            "event_type": record.get("event_type") or "transfer",
+            "ts": ts,
+            "amount_minor": amount,
+            "account_id": account,
+            "counterparty_id": counterparty,
+            "cycle_length": 0,
+            "cycle_amount_minor": 0,
+            "cycle_span_seconds": 0,
+            "fan_in_senders": 0,
+            "fan_in_span_seconds": 0,
+            "fan_in_seconds": self.params.fan_in_seconds,
+            "scatter_gather_vias": 0,
+            "scatter_gather_origin": None,
+            "scatter_gather_origin_id": None,
+            "gather_scatter_in": 0,
+            "gather_scatter_out": 0,
+            "hub_seconds": self.params.hub_seconds,
+        }
+
+    def _fan_in(self, sender: str, ts: int) -> dict[str, int]:
+        others = [entry[_TS] for account, entry in self.senders.items() if account != sender]
+        times = sorted(others)
+        insort(times, ts)
+        anchor = times.index(ts)
+        lo, hi = densest_window(times, anchor, self.params.fan_in_seconds)
+        return {"fan_in_senders": hi - lo, "fan_in_span_seconds": times[hi - 1] - times[lo]}
+
+    def _scatter_gather(self, ts: int) -> dict[str, Any]:
+        reach = self.params.hub_seconds
+        best: tuple[int, int] | None = None
+        for key, (_, vias) in self.gathers.items():
+            count = sum(1 for seen in vias.values() if abs(seen - ts) <= reach)
+            if count and (best is None or (count, -key) > (best[0], -best[1])):
+                best = (count, key)
+        if best is None:
+            return {}
+        count, key = best
+        return {
+            "scatter_gather_vias": count,
+            "scatter_gather_origin": hash_hex(key),
+            "scatter_gather_origin_id": self.gathers[key][0],
+        }
+
+    def _hub(self, ts: int, *, sender: str | None = None,
+             receiver: str | None = None) -> dict[str, int]:
+        reach = self.params.hub_seconds
+        senders = {
+            account for account, entry in self.senders.items() if abs(entry[_TS] - ts) <= reach
+        }
+        receivers = {key for key, entry in self._receivers() if abs(entry[_LAST] - ts) <= reach}
+        if sender is not None:
+            senders.add(sender)
+        if receiver is not None:
+            receivers.add(stable_hash(receiver))
+        return {"gather_scatter_in": len(senders), "gather_scatter_out": len(receivers)}
+
+
+def edge_origins(sketch: FlowSketch | None, account_id: str, ts: int) -> list[list[Any]]:
+    """``sender_origins`` for an edge leaving ``account_id`` at ``ts``, its sketch possibly unseen.
+
+    Examples
+    --------
+    >>> edge_origins(None, "acct-1", 1_709_251_200) == [[stable_hash("acct-1"), 0, 1_709_251_200,
+    ...                                                   1_709_251_200]]
+    True
+    """
+    if sketch is None:
+        return [[stable_hash(account_id), 0, ts, ts]]
+    return sketch.origins_for_edge(ts, account_id)
+
+
+# -- records in -----------------------------------------------------------------------------------
+
+# A carried origin: (hash, hops, first_ts, last_ts, account id or None).
+_Origin = tuple[int, int, int, int, str | None]
+# A carried destination: (hash, hops, first_ts, last_ts, low).
+_Dest = tuple[int, int, int, int, int]
+
+
+def _transfer(record: Mapping[str, Any]) -> tuple[int, str, str]:
+    ts = optional_int(record.get("ts"))
+    sender = record.get("sender")
+    receiver = record.get("receiver")
+    if ts is None or not isinstance(sender, str) or not isinstance(receiver, str):
+        message = (
+            "a flow record needs an int ts and string sender and receiver, not"
+            f" ts={record.get('ts')!r} sender={sender!r} receiver={receiver!r}"
+        )
+        raise ValueError(message)
+    return ts, sender, receiver
+
+
+def _amount(record: Mapping[str, Any]) -> int:
+    amount = optional_int(record.get("amount_minor"))
+    return amount if amount is not None and amount > 0 else 0
+
+
+def _origins(raw: Any, account: str, ts: int) -> list[_Origin]:
+    """Carried origins; the sender itself at hop 0 when missing."""
+    if raw is None:
+        return [(stable_hash(account), 0, ts, ts, None)]
+    out: list[_Origin] = []
+    for item in _rows(raw, "sender_origins", "[hash, hops, first_ts, last_ts(, account_id)]"):
+        name = item[4] if len(item) == 5 and isinstance(item[4], str) else None
+        out.append((item[0], item[1], item[2], item[3], name))
+    return out
+
+
+def _dests(raw: Any, account: str, ts: int) -> list[_Dest]:
+    """Carried destinations; the receiver itself at hop 0 when missing."""
+    if raw is None:
+        key = stable_hash(account)
+        return [(key, 0, ts, ts, key)]
+    out: list[_Dest] = []
+    for item in _rows(raw, "receiver_dests", "[hash, hops, first_ts, last_ts, low]"):
+        low = optional_int(item[4]) if len(item) == 5 else None
+        if low is None:
+            message = (
+                f"receiver_dests entries must be [hash, hops, first_ts, last_ts, low], not {item!r}"
+            )
+            raise ValueError(message)
+        out.append((item[0], item[1], item[2], item[3], low))
+    return out
+
+
+def _rows(raw: Any, name: str, shape: str) -> list[list[Any]]:
+    if not isinstance(raw, list):
+        message = f"{name} must be a list, not {type(raw).__name__}"
+        raise ValueError(message)
+    for item in raw:
+        # type() is int, not isinstance: a bool is no hash, hop count or time. Checked
+        # inline because a record carries up to K + 1 entries on every transfer.
+        if (
+            type(item) is not list
+            or len(item) not in (4, 5)
+            or type(item[0]) is not int
+            or type(item[1]) is not int
+            or type(item[2]) is not int
+            or type(item[3]) is not int
+        ):
+            message = f"{name} entries must be {shape}, not {item!r}"
+            raise ValueError(message)
+    return raw
+
+
+# -- the reference wiring ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class InMemoryFlowStage:
+    """The flow stage in one process: one sketch per account, records delivered at once.
+
+    What the worker does across partitions and topics, done synchronously: an
+    edge is observed at its receiver, its back record at its sender, then
+    every relay, breadth first, before the next transfer. For backtests,
+    tests and documentation; it holds every account it sees, so it is not
+    bounded.
+
+    Parameters
+    ----------
+    params
+        The bounds of every sketch.
+    """
+
+    params: FlowParams = DEFAULT_FLOW_PARAMS
+    sketches: dict[str, FlowSketch] = field(default_factory=dict)
+    #: Relay records delivered so far.
+    relays: int = 0
+
+    def sketch(self, account_id: str) -> FlowSketch:
+        """The account's sketch, created when unseen."""
+        sketch = self.sketches.get(account_id)
+        if sketch is None:
+            sketch = self.sketches[account_id] = FlowSketch.new(self.params)
+        return sketch
+
+    def edge_record(self, event_id: str, ts: int, sender: str, receiver: str,
+                    amount_minor: int) -> dict[str, Any]:
+        """The edge record stage 1 would send for this transfer now."""
+        return {
+            "kind": "edge", "event_id": event_id, "event_type": "transfer", "ts": ts,
+            "sender": sender, "receiver": receiver, "amount_minor": amount_minor,
+            "sender_origins": edge_origins(self.sketches.get(sender), sender, ts),
+        }  # fmt: skip
+
+    def deliver(self, edge: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Observe an edge record, its back record and the relays; the features of each."""
+        receiver = self.sketch(edge["receiver"])
+        features = receiver.observe_edge(edge)
+        out = [features]
+        back = {
+            "kind": "back", "event_id": edge["event_id"], "event_type": edge.get("event_type"),
+            "ts": edge["ts"], "sender": edge["sender"], "receiver": edge["receiver"],
+            "amount_minor": edge.get("amount_minor"),
+            "receiver_dests": receiver.dests_for_back(edge["ts"]),
+            "cycle_length": features["cycle_length"],
+        }  # fmt: skip
+        queue: deque[Mapping[str, Any]] = deque([back])
+        while queue:
+            record = queue.popleft()
+            outcome = self.sketch(record["sender"]).observe_back(record)
+            out.append(outcome.features)
+            queue.extend(outcome.relays)
+            self.relays += len(outcome.relays)
+        return out
+
+    def transfer(self, event_id: str, ts: int, sender: str, receiver: str,
+                 amount_minor: int) -> list[dict[str, Any]]:
+        """Send one transfer through the stage; the features of every record it caused."""
+        return self.deliver(self.edge_record(event_id, ts, sender, receiver, amount_minor))
+
+
+# -- detectors ------------------------------------------------------------------------------------
+
+
+def _count(x: Features, key: str) -> int:
+    value = optional_int(x.get(key))
+    return value if value is not None and value > 0 else 0
+
+
+def _account(x: Features) -> str:
+    account = x.get("account_id")
+    return account if isinstance(account, str) and account else "the account"
+
+
+class Cycle(Detector):
+    """Funds that come back to where they started through a ring of accounts.
+
+    Scores 1.0 when the features report a ring (``cycle_length``) of
+    ``min_ring`` to ``max_ring`` accounts whose transfers span at most
+    ``max_span_seconds`` of event time, 0.0 otherwise. A ring of 2 is a
+    transfer paid back, ordinary between people, hence the default minimum 3.
+    The sketch finds rings up to its own ``max_ring`` (8 by default) within
+    its ``window_seconds`` (30 days): larger values here change nothing.
+
+    Parameters
+    ----------
+    min_ring
+        Fewest accounts in a ring that scores (at least 2).
+    max_ring
+        Most accounts in a ring that scores.
+    max_span_seconds
+        Longest event time from the ring's first transfer to its last.
+
+    Examples
+    --------
+    >>> detector = Cycle(min_ring=3, max_ring=8, max_span_seconds=7 * 86_400)
+    >>> x = {"account_id": "acct-17", "counterparty_id": "acct-42", "amount_minor": 1_200_000,
+    ...      "cycle_length": 4, "cycle_amount_minor": 1_200_000, "cycle_span_seconds": 266_400}
+    >>> detector.score_one(x)
+    1.0
+    >>> print(*detector.explain_one(x, 1.0))
+    funds returned to acct-17 through a ring of 4 accounts within 3 d 2 h (12,000.00 on the closing transfer)
+    >>> detector.score_one({**x, "cycle_length": 2})
+    0.0
+    """  # noqa: E501 - a doctest's expected output is one line
+
+    name: ClassVar[str] = "cycle"
+    stage: ClassVar[str] = "flow"
+
+    def __init__(self, min_ring: int = 3, max_ring: int = 8,
+                 max_span_seconds: int = 30 * 86_400) -> None:
+        positive_int("min_ring", min_ring)
+        positive_int("max_ring", max_ring)
+        positive_int("max_span_seconds", max_span_seconds)
+        if min_ring < 2:
+            message = f"min_ring must be at least 2 accounts, not {min_ring!r}"
+            raise ValueError(message)
+        if max_ring < min_ring:
+            message = f"max_ring ({max_ring!r}) must be at least min_ring ({min_ring!r})"
+            raise ValueError(message)
+        self.min_ring = min_ring
+        self.max_ring = max_ring
+        self.max_span_seconds = max_span_seconds
+
+    def score_one(self, x: Features) -> float:
+        length = _count(x, "cycle_length")
+        if not self.min_ring <= length <= self.max_ring:
+            return 0.0
+        return 1.0 if _count(x, "cycle_span_seconds") <= self.max_span_seconds else 0.0
+
+    def explain_one(self, x: Features, score: float) -> list[str]:
+        length = _count(x, "cycle_length")
+        span = format_duration(_count(x, "cycle_span_seconds"))
+        if not length:
+            return [f"no ring of {self.min_ring} to {self.max_ring} accounts closed by this record"]
+        ring = f"a ring of {length} accounts within {span}"
+        if not self.min_ring <= length <= self.max_ring:
+            return [f"{ring}: outside the {self.min_ring} to {self.max_ring} accounts that alert"]
+        if _count(x, "cycle_span_seconds") > self.max_span_seconds:
+            limit = format_duration(self.max_span_seconds)
+            return [f"{ring}: slower than the {limit} that alerts"]
+        amount = _count(x, "cycle_amount_minor")
+        closing = f" ({format_minor(amount)} on the closing transfer)" if amount else ""
+        return [f"funds returned to {_account(x)} through {ring}{closing}"]
+
+
+class ScatterGather(Detector):
+    """Money from one account split over several intermediaries and recombined at another.
+
+    Scores ``scatter_gather_vias / min_vias``: the most distinct
+    intermediaries through which one origin reached this account in two hops
+    within the sketch's ``hub_seconds`` of the transfer (3 days by default),
+    so 1.0 or more means ``min_vias`` of them. Back and relay records score
+    0.0.
+
+    Parameters
+    ----------
+    min_vias
+        Distinct intermediaries that score 1.0 (the sketch keeps at most 8).
+
+    Examples
+    --------
+    >>> detector = ScatterGather(min_vias=3)
+    >>> x = {"record_kind": "edge", "account_id": "acct-c", "scatter_gather_vias": 4,
+    ...      "scatter_gather_origin": "9a2f2c4f3e7b", "scatter_gather_origin_id": "acct-a",
+    ...      "hub_seconds": 259_200}
+    >>> detector.score_one(x)
+    1.3333333333333333
+    >>> print(*detector.explain_one(x, detector.score_one(x)))
+    money from acct-a reached acct-c through 4 different intermediaries within 3 d of this transfer (alert at 3)
+    """  # noqa: E501 - a doctest's expected output is one line
+
+    name: ClassVar[str] = "scatter_gather"
+    stage: ClassVar[str] = "flow"
+
+    def __init__(self, min_vias: int = 3) -> None:
+        positive_int("min_vias", min_vias)
+        if min_vias < 2:
+            message = f"min_vias must be at least 2 intermediaries, not {min_vias!r}"
+            raise ValueError(message)
+        self.min_vias = min_vias
+
+    def score_one(self, x: Features) -> float:
+        if x.get("record_kind", "edge") != "edge":
+            return 0.0
+        return _count(x, "scatter_gather_vias") / self.min_vias
+
+    def explain_one(self, x: Features, score: float) -> list[str]:
+        vias = _count(x, "scatter_gather_vias")
+        window = format_duration(_count(x, "hub_seconds"))
+        if not vias:
+            return [f"no money reached {_account(x)} from one account through 2 or more"
+                    f" intermediaries (alert at {self.min_vias})"]
+        origin = x.get("scatter_gather_origin_id")
+        source = origin if isinstance(origin, str) and origin else "one origin account"
+        noun = "intermediary" if vias == 1 else "different intermediaries"
+        return [f"money from {source} reached {_account(x)} through {vias} {noun} within"
+                f" {window} of this transfer (alert at {self.min_vias})"]
+
+
+class GatherScatter(Detector):
+    """An account that collects from many senders and pays many receivers: a hub.
+
+    Scores ``min(in / min_in, out / min_out)`` with ``in`` and ``out`` the
+    distinct senders and receivers of the account within the sketch's
+    ``hub_seconds`` of the record (either side), so 1.0 or more means both
+    limits are reached. The out side is known from back records, so the
+    score is computed on incoming edges and outgoing back records alike;
+    relay records score 0.0.
+
+    Parameters
+    ----------
+    min_in
+        Distinct senders that, with ``min_out`` receivers, score 1.0.
+    min_out
+        Distinct receivers that, with ``min_in`` senders, score 1.0.
+
+    Examples
+    --------
+    >>> detector = GatherScatter(min_in=5, min_out=5)
+    >>> x = {"record_kind": "back", "account_id": "acct-h", "gather_scatter_in": 12,
+    ...      "gather_scatter_out": 6, "hub_seconds": 259_200}
+    >>> detector.score_one(x)
+    1.2
+    >>> print(*detector.explain_one(x, 1.2))
+    acct-h received from 12 different senders and paid 6 different receivers within 3 d of this transfer (alert at 5 and 5)
+    """  # noqa: E501 - a doctest's expected output is one line
+
+    name: ClassVar[str] = "gather_scatter"
+    stage: ClassVar[str] = "flow"
+
+    def __init__(self, min_in: int = 5, min_out: int = 5) -> None:
+        positive_int("min_in", min_in)
+        positive_int("min_out", min_out)
+        self.min_in = min_in
+        self.min_out = min_out
+
+    def score_one(self, x: Features) -> float:
+        if x.get("record_kind", "edge") == "relay":
+            return 0.0
+        return min(_count(x, "gather_scatter_in") / self.min_in,
+                   _count(x, "gather_scatter_out") / self.min_out)
+
+    def explain_one(self, x: Features, score: float) -> list[str]:
+        received = _count(x, "gather_scatter_in")
+        paid = _count(x, "gather_scatter_out")
+        window = format_duration(_count(x, "hub_seconds"))
+        senders = "sender" if received == 1 else "different senders"
+        receivers = "receiver" if paid == 1 else "different receivers"
+        return [f"{_account(x)} received from {received} {senders} and paid {paid} {receivers}"
+                f" within {window} of this transfer (alert at {self.min_in} and {self.min_out})"]
+
+
+class FanIn(Detector):
+    """Many distinct senders paying one account within a window.
+
+    Scores ``fan_in_senders / max_senders``: the distinct senders in the
+    densest ``fan_in_seconds`` window (1 day by default) around the transfer,
+    this one included, so 1.0 or more means ``max_senders`` of them. The
+    sketch counts at most its ``max_entries`` (64) senders. Back and relay
+    records score 0.0.
+
+    Parameters
+    ----------
+    max_senders
+        Distinct senders that score 1.0 (at most 64).
+
+    Examples
+    --------
+    >>> detector = FanIn(max_senders=20)
+    >>> x = {"record_kind": "edge", "account_id": "acct-m", "fan_in_senders": 25,
+    ...      "fan_in_span_seconds": 18_725, "fan_in_seconds": 86_400}
+    >>> detector.score_one(x)
+    1.25
+    >>> print(*detector.explain_one(x, 1.25))
+    25 different senders paid acct-m within 5 h 12 min (alert at 20 within 1 d)
+    """
+
+    name: ClassVar[str] = "fan_in"
+    stage: ClassVar[str] = "flow"
+
+    def __init__(self, max_senders: int = 20) -> None:
+        positive_int("max_senders", max_senders)
+        if max_senders > DEFAULT_FLOW_PARAMS.max_entries:
+            message = (
+                f"max_senders must be at most {DEFAULT_FLOW_PARAMS.max_entries} (the senders a"
+                f" flow sketch keeps), not {max_senders!r}"
+            )
+            raise ValueError(message)
+        self.max_senders = max_senders
+
+    def score_one(self, x: Features) -> float:
+        if x.get("record_kind", "edge") != "edge":
+            return 0.0
+        return _count(x, "fan_in_senders") / self.max_senders
+
+    def explain_one(self, x: Features, score: float) -> list[str]:
+        senders = _count(x, "fan_in_senders")
+        window = format_duration(_count(x, "fan_in_seconds"))
+        span = format_duration(_count(x, "fan_in_span_seconds"))
+        noun = "sender" if senders == 1 else "different senders"
+        at_least = " or more" if senders >= DEFAULT_FLOW_PARAMS.max_entries else ""
+        return [f"{senders}{at_least} {noun} paid {_account(x)} within {span}"
+                f" (alert at {self.max_senders} within {window})"]
+
+
+__all__ = [
+    "DEFAULT_FLOW_PARAMS",
+    "RECORD_KINDS",
+    "STATE_FORMAT",
+    "BackOutcome",
+    "Cycle",
+    "FanIn",
+    "FlowParams",
+    "FlowSketch",
+    "GatherScatter",
+    "InMemoryFlowStage",
+    "ScatterGather",
+    "edge_origins",
+    "hash_hex",
+    "stable_hash",
+]
