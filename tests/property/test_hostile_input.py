@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
