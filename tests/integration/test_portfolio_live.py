@@ -230,7 +230,7 @@ async def test_two_workers_and_a_crash_keep_the_book_and_send_each_alert_once(
         log = first.log_path
         offset = log.stat().st_size
         second.stop(signal.SIGKILL)
-        wait_for(lambda: b"portfolio: partitions [0, 1]" in log.read_bytes()[offset:], 90,
+        wait_for(lambda: b"portfolio: partitions [0, 1]" in log.read_bytes()[offset:], 180,
                  "the surviving worker to take every partition over")
         second.start()
         # A repayment only the recovered state can apply correctly: L5 owed 40,000.
