@@ -519,6 +519,7 @@ class FeedbackWatcher:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"{settings.app_id}-feedback",
+            **settings.kafka_client(),
         )
         await consumer.start()
         try:

@@ -364,7 +364,7 @@ async def read_partials(settings: Settings, topic: str, timeout: float = 15.0) -
     view = PartialsView()
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                client_id="txwatch-portfolio-cli")
+                                client_id="txwatch-portfolio-cli", **settings.kafka_client())
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -730,7 +730,8 @@ class PortfolioAgent:
         self.topic_ready = True
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
-                                    client_id=f"{settings.app_id}-portfolio-reader")
+                                    client_id=f"{settings.app_id}-portfolio-reader",
+                                    **settings.kafka_client())
         await consumer.start()
         try:
             tp = TopicPartition(topic, 0)

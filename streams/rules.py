@@ -355,6 +355,7 @@ class RulesWatcher:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", client_id=f"{settings.app_id}-rules",
+            **settings.kafka_client(),
         )
         await consumer.start()
         try:
