@@ -54,10 +54,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +67,10 @@ from typing import Any
 
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
+#: The repository: where results go and git is asked. Set when the bench runs from
+#: its own snapshot (below), whose parent directory is not the repository.
+REPO_ENV = "TXWATCH_BENCH_REPO"
+REPO = Path(os.environ.get(REPO_ENV) or Path(__file__).resolve().parent.parent)
 #: Set by the bench itself: a copy of streams/ and detectors/ taken when it started,
 #: which the parent (re-executed) and every child import, so that edits made to the
 #: working tree during a long run cannot make two runs measure different code.
@@ -92,6 +96,11 @@ METRICS_LINE = re.compile(rb"metrics on (http://\S+/metrics)")
 PROGRESS_EVERY = 5.0
 #: The scale-out estimate's target, payments per second.
 SCALE_TARGET_RATE = 256_000
+
+#: After the last event, a child is idle once it used less than this share of a core
+#: over a second; it gives up waiting after SETTLE_TIMEOUT seconds.
+IDLE_CPU_SHARE = 0.05
+SETTLE_TIMEOUT = 120.0
 
 _started = time.monotonic()
 
@@ -153,10 +162,12 @@ class Tracker:
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.expected: int = spec["expected"]
+        self.settle: bool = spec.get("settle", False)
         self.status_path = Path(spec["status_path"])
         self.result_path = Path(spec["result_path"])
         self.count = 0
         self.done = False
+        self.finished = False
         self.first: dict[str, float] | None = None
         self.ready_info: dict[str, Any] | None = None
         self.on_done: Callable[[], None] | None = None
@@ -174,12 +185,42 @@ class Tracker:
         if not self.done and self.count >= self.expected:
             self.done = True
             self._status(now)
-            _write_json(self.result_path, {
-                "first": self.first, "last": self._clocks(now), "ready": self.ready_info,
-                "memory_mb": _memory_mb(),
-            })
-            if self.on_done is not None:
-                self.on_done()
+            last = self._clocks(now)
+            if self.settle:
+                threading.Thread(target=self._settle_then_finish, args=(last,),
+                                 daemon=True).start()
+            else:
+                self._finish(last, None)
+
+    def _settle_then_finish(self, last: dict[str, float]) -> None:
+        """Wait until the process is idle, then finish.
+
+        Work an agent deferred (derived stages fed by internal topics, producer
+        buffers, changelog sends) still runs after the last input event; the
+        point where the process goes idle bounds it.
+        """
+        samples: deque[tuple[float, float]] = deque(maxlen=6)  # 1 s of (mono, cpu)
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        settled = None
+        while time.monotonic() < deadline:
+            samples.append((time.monotonic(), _cpu_seconds()))
+            if len(samples) == samples.maxlen:
+                (t0, c0), (t1, c1) = samples[0], samples[-1]
+                if (c1 - c0) / (t1 - t0) < IDLE_CPU_SHARE:
+                    settled = {"mono": t0, "wall": time.time() - (time.monotonic() - t0),
+                               "cpu": c0}
+                    break
+            time.sleep(0.2)  # sampling the CPU clock; there is nothing to wait on
+        self._finish(last, settled)
+
+    def _finish(self, last: dict[str, float], settled: dict[str, float] | None) -> None:
+        _write_json(self.result_path, {
+            "first": self.first, "last": last, "settled": settled, "ready": self.ready_info,
+            "memory_mb": _memory_mb(),
+        })
+        self.finished = True
+        if self.on_done is not None:
+            self.on_done()
 
     def ready(self, restore_seconds: float | None, accounts: int | None) -> None:
         if self.ready_info is None:
@@ -256,7 +297,7 @@ def run_raw_aiokafka(spec: dict[str, Any], tracker: Tracker) -> None:
         )
         await consumer.start()
         try:
-            while not tracker.done:
+            while not tracker.finished:
                 batches = await consumer.getmany(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
@@ -420,14 +461,25 @@ class ChildOutcome:
         first, last = self.result["first"], self.result["last"]
         events = last["count"] - first["count"]
         seconds = last["mono"] - first["mono"]
+        cpu = last["cpu"] - first["cpu"]
         out.update({
             "events_total": last["count"],
             "events_timed": events,
+            "startup_seconds": round(first["wall"] - self.spawned_wall, 2),
+            # first to last input event
+            "events_per_s_input": round(events / seconds, 1) if seconds > 0 else None,
+            "cpu_s_per_1k_events_input": round(cpu / events * 1000, 5) if events else None,
+        })
+        settled = self.result.get("settled")
+        if settled:
+            # first input event to idle: the work deferred past the last event included
+            out["drain_seconds"] = round(settled["mono"] - last["mono"], 2)
+            seconds = settled["mono"] - first["mono"]
+            cpu = settled["cpu"] - first["cpu"]
+        out.update({
             "seconds": round(seconds, 3),
             "events_per_s": round(events / seconds, 1) if seconds > 0 else None,
-            "cpu_s_per_1k_events": round((last["cpu"] - first["cpu"]) / events * 1000, 5)
-            if events else None,
-            "startup_seconds": round(first["wall"] - self.spawned_wall, 2),
+            "cpu_s_per_1k_events": round(cpu / events * 1000, 5) if events else None,
         })
         if self.result.get("stalled_missing"):
             out["stalled_missing_events"] = self.result["stalled_missing"]
@@ -596,8 +648,10 @@ def _has_result_or_stalled(child: Child) -> bool:
 
 
 def child_spec(broker: str, topics: Topics, group: str, expected: int, partitions: int,
-               data_dir: Path, *, stop_when_done: bool = True) -> dict[str, Any]:
+               data_dir: Path, *, stop_when_done: bool = True,
+               settle: bool = False) -> dict[str, Any]:
     return {
+        "settle": settle,
         "broker": broker, "group": group, "payments_topic": topics.payments,
         "lending_topic": topics.lending, "alert_topic": topics.alerts,
         "dead_letter_topic": topics.dead_letters, "partitions": partitions,
@@ -741,14 +795,16 @@ def run_throughput(args: argparse.Namespace, broker: str, topics: Topics, expect
             progress(f"{label}: starting (group {group})")
             child = Child(workdir, design, run_id,
                           child_spec(broker, out_topics, group, expected, args.partitions,
-                                     workdir / run_id))
+                                     workdir / run_id, settle=design != "raw_aiokafka"))
             child.wait(functools.partial(_has_result_or_stalled, child), timeout, label,
                        "all events")
             outcome = child.finish()
             outcomes.append(outcome)
+            _write_json(workdir / "runs.json", [o.metrics() for o in outcomes])
             m = outcome.metrics()
             if outcome.ok:
-                progress(f"{label}: {m['events_per_s']:,.0f} events/s, "
+                progress(f"{label}: {m['events_per_s']:,.0f} events/s "
+                         f"(drain {m.get('drain_seconds', 0)} s), "
                          f"{m['cpu_s_per_1k_events']:.3f} CPU s/1k events, "
                          f"peak RSS {m['peak_rss_mb']:.0f} MB (load {outcome.loadavg[0]:.1f})")
                 if design == "txwatch":
@@ -776,6 +832,12 @@ def summarise(outcomes: Sequence[ChildOutcome]) -> dict[str, dict[str, Any]]:
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
             "startup_seconds": statistics.median(r["startup_seconds"] for r in runs),
         }
+        summary[design]["events_per_s_input"] = statistics.median(
+            r["events_per_s_input"] for r in runs)
+        drained = [r for r in runs if "drain_seconds" in r]
+        if drained:
+            summary[design]["drain_seconds"] = statistics.median(
+                r["drain_seconds"] for r in drained)
     return summary
 
 
@@ -1279,7 +1341,7 @@ def run_profile(args: argparse.Namespace, broker: str, topics: Topics, expected:
     progress(f"profile: txwatch over {expected:,} events, py-spy attached at the first batch")
     child = Child(workdir, "txwatch", "txwatch-profile",
                   child_spec(broker, out_topics, group, expected, args.partitions,
-                             workdir / "profile"))
+                             workdir / "profile", settle=True))
     child.wait(lambda: (child.status() or {}).get("count", 0) > 0, 180, "profiled txwatch",
                "its first batch")
     spy = attach_py_spy(child.proc.pid, raw, workdir / "py-spy.log")
@@ -1355,8 +1417,10 @@ def format_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace,
     lines = [
         f"Throughput: {expected:,} pre-produced simulator events, {args.partitions} partitions, "
         f"median of {args.repeat} interleaved run(s), {os.cpu_count()} cores (shared, noisy)",
-        f"{'design':34} {'events/s':>9} {'(min - max)':>19} {'CPU s/1k ev':>11} "
-        f"{'ev/CPU-s':>9} {'peak RSS MB':>11} {'vs bare':>7}",
+        "events/s and CPU: from the first event to the process going idle after the last one "
+        "(the drain: work deferred past it); input ev/s: first to last input event",
+        f"{'design':34} {'events/s':>9} {'(min - max)':>19} {'input ev/s':>10} {'drain s':>7} "
+        f"{'CPU s/1k ev':>11} {'ev/CPU-s':>9} {'peak RSS MB':>11} {'vs bare':>7}",
     ]
     bare = summary.get("bare_faust", {}).get("events_per_s")
     for design in DESIGNS:
@@ -1366,8 +1430,10 @@ def format_table(summary: dict[str, dict[str, Any]], args: argparse.Namespace,
             continue
         spread = f"({row['events_per_s_min']:,.0f} - {row['events_per_s_max']:,.0f})"
         versus = f"{row['events_per_s'] / bare:.2f}x" if bare else "-"
+        drain = f"{row['drain_seconds']:.1f}" if "drain_seconds" in row else "-"
         lines.append(
             f"{LABELS[design]:34} {row['events_per_s']:>9,.0f} {spread:>19} "
+            f"{row['events_per_s_input']:>10,.0f} {drain:>7} "
             f"{row['cpu_s_per_1k_events']:>11.3f} {1000 / row['cpu_s_per_1k_events']:>9,.0f} "
             f"{row['peak_rss_mb']:>11.0f} {versus:>7}")
     lines.append(f"{'quix streams (optional design 5)':34} skipped: not installed, not measured")
@@ -1485,13 +1551,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def snapshot_source() -> Path:
-    """Copy the code under test (and deploy/kafka, which the broker launcher reads)."""
+    """Copy the code under test, this bench, and deploy/kafka (read by the broker launcher)."""
     target = Path(tempfile.mkdtemp(prefix="txwatch-bench-src-"))
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("streams", "detectors"):
         shutil.copytree(REPO / name, target / name, ignore=ignore)
     shutil.copytree(REPO / "deploy" / "kafka", target / "deploy" / "kafka", ignore=ignore)
+    (target / "bench").mkdir()
+    shutil.copy2(Path(__file__).resolve(), target / "bench" / "throughput.py")
     return target
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM as Ctrl-C: the finally blocks stop the children and the broker.
+    raise KeyboardInterrupt
+
+
+def run_from_snapshot(snapshot: Path, argv: Sequence[str]) -> int:
+    """Re-run this bench from its snapshot; pass SIGTERM/Ctrl-C on so it cleans up."""
+    env = {**os.environ, SNAPSHOT_ENV: str(snapshot), REPO_ENV: str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(snapshot / "bench" / "throughput.py"), *argv],
+                            env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait()
 
 
 def source_info() -> dict[str, Any]:
@@ -1513,9 +1598,12 @@ def source_info() -> dict[str, Any]:
                             "uncommitted_files": dirty, "source_sha256": digest.hexdigest()[:16],
                             "snapshot": SOURCE != REPO}
     with contextlib.suppress(Exception):
-        from detectors.registry import DEFAULT_CONFIG, DETECTORS
+        import detectors.registry as registry
 
-        info["detectors_registered"] = sorted(DETECTORS)
+        DEFAULT_CONFIG = registry.DEFAULT_CONFIG
+        # Account-stage detectors, and (when the registry has them) derived-stage ones.
+        info["detectors_registered"] = sorted(
+            {*registry.DETECTORS, *getattr(registry, "STAGE_DETECTORS", {})})
         info["detectors_enabled"] = sorted(DEFAULT_CONFIG["detectors"])
         info["detector_config_version"] = DEFAULT_CONFIG.get("version")
     return info
@@ -1525,14 +1613,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
         return child_main(args.child)
+    signal.signal(signal.SIGTERM, _interrupt)
     if not os.environ.get(SNAPSHOT_ENV) and not args.no_snapshot:
         snapshot = snapshot_source()
-        os.environ[SNAPSHOT_ENV] = str(snapshot)
-        progress(f"measuring a copy of streams/ and detectors/ taken now: {snapshot}")
-        command = [sys.executable, str(Path(__file__).resolve()),
-                   *(sys.argv[1:] if argv is None else argv)]
+        progress(f"measuring a copy of streams/, detectors/ and this bench taken now: "
+                 f"{snapshot}")
         try:
-            return subprocess.run(command, check=False).returncode
+            return run_from_snapshot(snapshot, sys.argv[1:] if argv is None else argv)
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,9 @@ Per batch (``stream.take_events``), in this order:
 2. alerts and dead letters are sent, and the batch **waits for their
    delivery**;
 3. each account touched by the batch is written to the table's changelog
-   once, serialised now (not when the producer gets to it);
-4. Faust acks the batch; before it commits those offsets it flushes the
-   producer, so the changelog writes of step 3 reach Kafka first.
+   once, serialised now (not when the producer gets to it), and the batch
+   waits for those writes too;
+4. Faust acks the batch and later commits its offsets.
 
 So a crash at any point either replays the batch with its old state (the
 same alerts are produced again, with the same ids) or finds the state
@@ -82,10 +82,14 @@ class MonitorAgent:
         if pending:
             await asyncio.gather(*pending)
         table = rt.table
-        for key, partition in dirty.items():
-            state = store.get(key)
-            if state is not None:
-                table.send_changelog(partition, key, state.dumps(), value_serializer="raw")
+        written = [
+            table.send_changelog(partition, key, state.dumps(), value_serializer="raw")
+            for key, partition in dirty.items()
+            if (state := store.get(key)) is not None
+        ]
+        # Faust's pre-commit flush can return before its buffer is empty; waiting here
+        # keeps "state in Kafka before the offsets that produced it are committed"
+        await asyncio.gather(*written)
         self.batches += 1
         if self._assigned_at is not None:
             rt.sensors.on_ready(time.monotonic() - self._assigned_at)
@@ -199,10 +203,12 @@ class StageAgent:
                 pending.append(send_forward(rt, forward))
         if pending:
             await asyncio.gather(*pending)
-        for key, partition in dirty.items():
-            entry = store.get(key)
-            if isinstance(entry, StageEntry):
-                self.table.send_changelog(partition, key, entry.dumps(), value_serializer="raw")
+        written = [
+            self.table.send_changelog(partition, key, entry.dumps(), value_serializer="raw")
+            for key, partition in dirty.items()
+            if isinstance(entry := store.get(key), StageEntry)
+        ]
+        await asyncio.gather(*written)
 
 
 def attach_agent(runtime: Runtime) -> MonitorAgent:
