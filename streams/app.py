@@ -31,7 +31,7 @@ from streams.pipeline import Monitor
 from streams.rules import build_rules
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
-from streams.stages import FLOW, STAGES, DerivedStage, Forward, build_stages, forwards_for
+from streams.stages import FLOW, STAGES, DerivedStage, Forward, build_stages, stage_deriver
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
@@ -132,20 +132,8 @@ def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[st
 def _deriver(stages: Mapping[str, DerivedStage],
              flow_states: Mapping[Any, Any] | None) -> Callable[[Any, dict[str, Any]],
                                                                 list[Forward]]:
-    """Stage 1's forwarding function."""
-    from detectors.flow import edge_origins
-
-    flow = stages.get(FLOW)
-    states: Mapping[Any, Any] = flow_states if flow_states is not None else {}
-
-    def peek(account: str) -> Any:
-        return flow.peek(states, account.encode()) if flow is not None else None
-
-    def derive(event: Any, x: dict[str, Any]) -> list[Forward]:
-        forwards = forwards_for(event, x, peek, edge_origins if flow is not None else None)
-        return [f for f in forwards if f.stage in stages]
-
-    return derive
+    """Stage 1's forwarding function (see :func:`streams.stages.stage_deriver`)."""
+    return stage_deriver(stages, flow_states)
 
 
 @dataclass

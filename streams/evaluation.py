@@ -35,8 +35,9 @@ simulator's ``label``; see :data:`streams.simulate.SCENARIOS`).
 the worker runs (:class:`streams.pipeline.Monitor`, with a plain ``dict`` of
 account states), offline, in file order and at full speed; labels come from
 each line's ``label`` field or from ``--labels FILE`` (the simulator's labels
-file). Detectors of the derived stages (``stage`` other than ``account``)
-are not run offline.
+file). The derived stages (money flow, identity, project) run in line: each
+event's records for them, and the records those stages send on, are
+processed before the next event, as if their topics had no lag.
 
 ``txwatch evaluate`` generates the simulator's traffic with every scenario,
 publishes it to topics of its own on ``TXWATCH_BROKER`` (or a broker it
@@ -62,7 +63,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -71,7 +72,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from detectors.registry import DEFAULT_CONFIG, DETECTORS
+from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def expected_detector(label: str) -> str:
     scenario = SCENARIOS.get(label)
     if scenario is not None:
         return scenario.expected_detector
-    return label if label in DETECTORS else ANY_DETECTOR
+    return label if label in DETECTORS or label in STAGE_DETECTORS else ANY_DETECTOR
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -458,21 +459,29 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     from streams.pipeline import Monitor
     from streams.rules import build_rules, read_config_file
     from streams.settings import Settings
+    from streams.stages import FLOW, STAGES, build_stages, stage_deriver
     from streams.state import AccountState
 
     settings = settings or Settings.from_env()
     if config is None:
         config = (read_config_file(settings.detector_config)
                   if settings.detector_config is not None else DEFAULT_CONFIG)
-    rules = build_rules(config)
+    rules = build_rules(config, STAGES)
     decoder = Decoder(pii_key=settings.pii_key.get().encode(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)
-    monitor = Monitor(decoder, rules.account, rules.version)
+    # The derived stages run in line: each event's records go through their stage
+    # (and the records that stage sends on, a flow relay wave) before the next event,
+    # as if every internal topic were one partition consumed without lag.
+    stages = build_stages(rules.stages, rules.version)
+    stage_states: dict[str, dict[bytes, Any]] = {name: {} for name in stages}
+    stage_offsets = dict.fromkeys(stages, -1)
+    derive = stage_deriver(stages, stage_states.get(FLOW)) if stages else None
+    monitor = Monitor(decoder, rules.account, rules.version, derive=derive)
     states: dict[bytes, AccountState] = {}
     found_labels: list[LabelledEvent] = []
     alerts: list[ScoredAlert] = []
-    events = dead_letters = 0
+    events = dead_letters = stage_records = 0
     source = path.name
     started = last_report = time.monotonic()
     for offset, raw in enumerate(_lines(path)):
@@ -487,7 +496,17 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         outcome = monitor.process(raw, states, topic=source, partition=0, offset=offset)
         if outcome.dead_letter is not None:
             dead_letters += 1
-        for alert in outcome.alerts:
+        found = list(outcome.alerts)
+        pending = deque(outcome.forwards)
+        while pending:
+            forward = pending.popleft()
+            stage_records += 1
+            stage_offsets[forward.stage] += 1
+            done = stages[forward.stage].process(
+                forward.dumps(), stage_states[forward.stage], offset=stage_offsets[forward.stage])
+            found.extend(done.alerts)
+            pending.extend(f for f in done.forwards if f.stage in stages)
+        for alert in found:
             alerts.append(ScoredAlert(alert.alert_id, alert.detector, alert.event_ids,
                                       alert.occurred_at))
         if progress is not None and events % 4096 == 0:
@@ -497,13 +516,15 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
                 progress(f"backtest: {events:,} events, {len(alerts):,} alerts, "
                          f"{events / (now - started):,.0f} events/s")
     elapsed = time.monotonic() - started
+    detectors = [a.name for a in rules.account]
+    detectors += [a.name for alerters in rules.stages.values() for a in alerters]
     result = score(found_labels if labels is None else labels, alerts,
-                   detectors=[a.name for a in rules.account], mode="backtest")
+                   detectors=detectors, mode="backtest")
     result.events, result.dead_letters = events, dead_letters
     result.config_version, result.elapsed_seconds = rules.version, elapsed
-    skipped = sorted({name for name, alerters in rules.stages.items() if alerters})
-    if skipped:
-        result.notes.append(f"derived-stage detectors not run offline: {skipped}")
+    if stage_records:
+        result.notes.append(f"{stage_records:,} derived-stage records processed in line "
+                            f"({', '.join(sorted(stages))})")
     _note_shared_accounts(result)
     return result
 

@@ -304,6 +304,30 @@ def _observe_plain(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any],
     return sketch.observe(record), []
 
 
+def stage_deriver(stages: Mapping[str, DerivedStage],
+                  flow_states: Mapping[Any, Any] | None) -> Callable[[Any, dict[str, Any]],
+                                                                     list[Forward]]:
+    """Stage 1's forwarding function: ``derive(event, x) -> forwards`` for ``stages``.
+
+    ``flow_states`` is where the flow stage keeps its sketches (the worker's
+    flow table, or a plain ``dict`` offline), read for the origins an outgoing
+    transfer carries.
+    """
+    from detectors.flow import edge_origins
+
+    flow = stages.get(FLOW)
+    states: Mapping[Any, Any] = flow_states if flow_states is not None else {}
+
+    def peek(account: str) -> Any:
+        return flow.peek(states, account.encode()) if flow is not None else None
+
+    def derive(event: Any, x: dict[str, Any]) -> list[Forward]:
+        forwards = forwards_for(event, x, peek, edge_origins if flow is not None else None)
+        return [f for f in forwards if f.stage in stages]
+
+    return derive
+
+
 def build_stages(stage_alerters: Mapping[str, Sequence[ThresholdAlerter]], config_version: str,
                  sensor: Sensor | None = None) -> dict[str, DerivedStage]:
     """The derived stages that have at least one detector configured."""

@@ -170,3 +170,32 @@ def test_backtest_command_prints_the_table_and_refuses_bad_input(
     assert run_backtest(Settings(), args(config=bad)) == 2
     assert "detectors.velocity.threshold is required" in capsys.readouterr().err
     assert run_backtest(Settings(), args(file=tmp_path / "nope.jsonl")) == 2
+
+
+def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: Path) -> None:
+    """Money circling through eight accounts, in no ring order, is caught offline."""
+    ring = [f"ring-{n}" for n in range(8)]
+    hops = [(ring[n], ring[(n + 1) % 8]) for n in range(8)]
+    order = [hops[n] for n in (0, 5, 2, 7, 4, 1, 6, 3)]
+    t0 = datetime(2024, 3, 4, 9, tzinfo=UTC)
+    lines = [{
+        "event_id": f"hop-{n}", "event_type": "transfer", "account_id": sender,
+        "occurred_at": (t0 + timedelta(minutes=20 * n)).isoformat().replace("+00:00", "Z"),
+        "counterparty_id": receiver, "amount": "9000.00", "currency": "CNY",
+        "label": "cycle", "incident": "ring-1",
+    } for n, (sender, receiver) in enumerate(order)]
+    path = tmp_path / "ring.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+
+    result = backtest(path, settings=Settings())
+    rows = {row.scenario: row for row in result.scenarios}
+    assert rows["cycle"].incidents == 1 and rows["cycle"].recall == 1.0
+    cycle = {row.detector: row for row in result.detectors}["cycle"]
+    assert cycle.alerts == 1 and cycle.precision == 1.0
+    assert any("derived-stage records" in note for note in result.notes)
+    # the same ring with the flow stage switched off is missed
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for name in ("cycle", "scatter_gather", "gather_scatter", "fan_in"):
+        del config["detectors"][name]
+    off = backtest(path, config, settings=Settings())
+    assert {row.scenario: row for row in off.scenarios}["cycle"].recall == 0.0
