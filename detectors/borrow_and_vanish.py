@@ -8,58 +8,113 @@ from typing import Any, ClassVar, Final
 
 from detectors.base import Features, KeyedDetector
 from detectors.money import format_minor
-from detectors.params import non_negative_int, optional_int, positive_int, string_set
+from detectors.params import fraction, non_negative_int, optional_int, positive_int, string_set
 from detectors.timeline import format_duration, format_time
 
-#: Cash-outs kept so that a disbursement arriving after them (the lending topic
-#: lagging the payments topic) still counts the money that left after it.
+#: Event types of the lending topic. They keep their order among themselves (one
+#: partition per account) but not with the account's other events, which come
+#: from the payments topic.
+LOAN_EVENT_TYPES: Final = frozenset(
+    {"loan_application", "loan_disbursement", "loan_repayment", "loan_status"}
+)
+#: Cash-outs kept so that a disbursement arriving after them still counts them.
 MAX_CASH_OUTS: Final = 8
-#: How late, in seconds of event time, a disbursement may arrive and still see them.
-LATE_DISBURSEMENT_SECONDS: Final = 86_400
 #: Characters of a loan id kept in the state and shown in reasons.
 LOAN_ID_CHARS: Final = 64
 
-# One open loan: [loan_id, disbursed_ts, principal_minor, due_ts, withdrawn_minor].
-_ID, _DISBURSED, _PRINCIPAL, _DUE, _WITHDRAWN = range(5)
+# One loan: [loan_id, disbursed_ts, principal_minor, due_ts, taken_minor, stage].
+_ID, _DISBURSED, _PRINCIPAL, _DUE, _TAKEN, _STAGE = range(6)
 # State: [loans, cash_outs]; one cash-out: [ts, amount_minor].
 _LOANS, _CASH_OUTS = range(2)
 
+#: Stage of a loan not yet known to be past due.
+OPEN: Final = 0
+#: Stage of a loan past due and unpaid, with less than ``min_share`` taken out so
+#: far: cash-outs from before its due time may still arrive.
+PAST_DUE: Final = 1
+#: Stage of a loan decided for good (reported, repaid, or past due and not
+#: cashed out), kept so that an event sent again changes nothing.
+SETTLED: Final = 2
+
+# What completed a loan's evidence, for the reasons.
+_BY_STATUS: Final = "status"
+_BY_TIME: Final = "time"
+_BY_CASH_OUT: Final = "cash_out"
+
 
 class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
-    """A loan mostly withdrawn after its disbursement, with no repayment by its first due date.
+    """A loan mostly withdrawn before its first due date, and not repaid by then.
 
-    A ``loan_disbursement`` (amount, ``loan_id``, ``due_date``) opens a loan.
-    Every later cash-out of the account (events of ``cash_out_types``:
-    withdrawals to a bank, transfers to other accounts) adds to what was
-    taken out since. A ``loan_repayment`` of the loan, or a ``loan_status``
-    saying ``repaid``, closes it: the borrower came back.
+    A ``loan_disbursement`` (amount, ``loan_id``, ``due_date``) opens a loan,
+    due at the end of its ``due_date`` (UTC) plus ``grace_seconds``, or
+    ``default_due_seconds`` after the disbursement when the event has no
+    usable ``due_date``. What the borrower *took out* is the sum of the
+    cash-outs (events of ``cash_out_types``: withdrawals to a bank, transfers
+    to other accounts) whose event time lies between the disbursement
+    (included) and the due time (excluded), whenever they arrive. A
+    ``loan_repayment`` of the loan, or a ``loan_status`` saying ``repaid``,
+    clears it: the borrower came back.
 
-    The loan is due at the end of its ``due_date`` (UTC) plus
-    ``grace_seconds``, or ``default_due_seconds`` after the disbursement when
-    the event has no usable ``due_date``. A detector has no timers, so the
-    decision is taken on the account's first later event whose ``ts`` is at or
-    past that time (a login, a payment, the platform's own ``loan_status``;
-    a ``loan_status`` of the loan with ``days_past_due`` >= 1 counts as past
-    due whatever the date): that event scores the share of the principal
-    taken out, ``min(taken, principal) / principal`` from 0.0 to 1.0, and the
-    loan is judged and forgotten whether or not it alerts. The configured
-    threshold is the share that alerts (0.8). Limitations: an account with no
-    event after the due date is not judged until it has one; a repayment
-    that the pipeline delivers after a later event past the due date comes too
-    late to prevent the alert.
+    The detector has no timers and the worker reads the lending and payments
+    topics independently, so an account's events arrive in an order that
+    differs from event time. The loan is found *past due* by the first of:
+
+    * a ``loan_status`` of the loan with ``days_past_due`` >= 1;
+    * a lending event (:data:`LOAN_EVENT_TYPES`) at or after the due time:
+      the lending topic keeps its order, so every repayment sent before it
+      has arrived;
+    * any other event at least ``max_topic_lag_seconds`` after the due time,
+      by which time, within the bound below, a repayment from before the due
+      time has arrived.
+
+    The loan is reported once, with the share taken out ``min(taken,
+    principal) / principal`` as the score, by whichever event completes the
+    evidence: the event that finds it past due when ``min_share`` or more is
+    already taken out, or else the late cash-out (event time before the due
+    time, arriving after that) that brings the share to ``min_share``. Every
+    other event scores 0.0. A past-due loan with less taken out is settled
+    without a report at the account's first event ``max_topic_lag_seconds``
+    after the due time. A repayment clears an open loan whenever it arrives,
+    and a past-due one if its event time is before the due time (a lending
+    producer that sent it late); once the report is out, nothing clears it.
+
+    **The bound.** With ``L = max_topic_lag_seconds``, the verdict is the
+    same in every arrival order of the account's events provided that
+
+    * every cash-out from before the due time arrives before any event of
+      the account ``L`` or more after the due time (up to that, the lending
+      topic may run any distance ahead of the payments topic);
+    * a repayment from before the due time arrives before any payments-topic
+      event ``L`` or more after the due time (lending events keep their
+      order, so the past-due status does not overtake it);
+    * a disbursement that arrives after its cash-outs finds them among the
+      last :data:`MAX_CASH_OUTS` cash-outs within ``L`` of the newest one;
+    * the threshold is at most ``min_share`` (the shipped 0.8 both): a
+      higher one would again depend on which cash-outs were in when the
+      report was made.
+
+    The score and the reasons count what has arrived when the report is
+    made, and the event that makes it (hence the alert id the worker derives
+    from it) is the past-due event or a late cash-out, depending on the
+    order. Limitations: a loan is not found past due before the account has
+    such an event; without a past-due ``loan_status`` the report comes ``L``
+    after the due time; a cash-out sent again after the worker's replay guard
+    has forgotten it counts twice.
 
     The state is a ledger of facts that must include every event, flagged or
     not (:attr:`keeps_ledger`): the registry builds this detector with
     ``learn_flagged`` on.
 
     State: ``[loans, cash_outs]``: ``loans`` holds at most
-    ``max_open_loans`` open loans ``[loan_id, disbursed_ts, principal_minor,
-    due_ts, taken_minor]`` (the most recently disbursed; loan ids cut to
-    :data:`LOAN_ID_CHARS` characters); ``cash_outs`` the last
-    :data:`MAX_CASH_OUTS` cash-outs ``[ts, amount_minor]`` within
-    :data:`LATE_DISBURSEMENT_SECONDS` of the newest, for disbursements that
-    arrive late. A few hundred bytes at most; ``[[], []]`` for an account that
-    never borrows or cashes out.
+    ``max_open_loans`` loans ``[loan_id, disbursed_ts, principal_minor,
+    due_ts, taken_minor, stage]`` (the most recently disbursed, settled ones
+    dropped first; loan ids cut to :data:`LOAN_ID_CHARS` characters; a loan
+    of five fields, as written before stages existed, is :data:`OPEN`);
+    ``cash_outs`` the last :data:`MAX_CASH_OUTS` cash-outs ``[ts,
+    amount_minor]`` within ``L`` of the newest of them, for disbursements
+    that arrive late. Settled loans stay until newer loans need their place.
+    A few hundred bytes at most; ``[[], []]`` for an account that never
+    borrows or cashes out.
 
     Parameters
     ----------
@@ -70,28 +125,39 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
     default_due_seconds
         First due date after the disbursement when the event gives none.
     max_open_loans
-        Open loans remembered per account (the most recently disbursed).
+        Loans remembered per account (the most recently disbursed).
+    min_share
+        Share of the principal taken out at which a past-due loan is reported.
+    max_topic_lag_seconds
+        The bound above, in seconds of event time (0: any event at or after
+        the due time finds the loan past due, as if there were one topic).
 
     Examples
     --------
+    The lending topic runs ahead: the platform's past-due status arrives
+    before the withdrawal made days earlier.
+
     >>> detector = BorrowAndVanish()
     >>> state = detector.new_state()
     >>> monday = 1_709_510_400
     >>> loan = {"event_type": "loan_disbursement", "amount_minor": 3_000_000,
     ...         "is_inflow": True, "loan_id": "loan-7", "due_date": "2024-03-11", "ts": monday}
     >>> state = detector.learn_one(loan, state)
+    >>> past_due = {"event_type": "loan_status", "amount_minor": 0, "loan_id": "loan-7",
+    ...             "status": "delinquent", "days_past_due": 1, "ts": monday + 8 * 86_400 + 60}
+    >>> detector.score_one(past_due, state)
+    0.0
+    >>> state = detector.learn_one(past_due, state)
     >>> cash_out = {"event_type": "withdrawal", "amount_minor": 2_760_000, "is_outflow": True,
     ...             "ts": monday + 3_600}
-    >>> state = detector.learn_one(cash_out, state)
-    >>> login = {"event_type": "login", "amount_minor": 0, "ts": monday + 9 * 86_400}
-    >>> detector.score_one(login, state)
+    >>> detector.score_one(cash_out, state)
     0.92
-    >>> print(*detector.explain_one(login, state, 0.92), sep="\\n")
-    loan loan-7 of 30,000.00 disbursed 2024-03-04 00:00 UTC: 27,600.00 (92%) withdrawn or transferred since, no repayment by its due time 2024-03-12 00:00 UTC
-    this login comes 1 d after the due time
-    >>> state = detector.learn_one(login, state)
-    >>> state[0]
-    []
+    >>> print(*detector.explain_one(cash_out, state, 0.92), sep="\\n")
+    loan loan-7 of 30,000.00 disbursed 2024-03-04 00:00 UTC: 27,600.00 (92%) withdrawn or transferred before its due time 2024-03-12 00:00 UTC, no repayment by then
+    this withdrawal of 27,600.00 at 2024-03-04 01:00 UTC arrived after the loan was found past due
+    >>> state = detector.learn_one(cash_out, state)
+    >>> detector.score_one(past_due, state)  # reported once: the status sent again is nothing new
+    0.0
     """  # noqa: E501 - a doctest's expected output is one line
 
     name: ClassVar[str] = "borrow_and_vanish"
@@ -104,15 +170,21 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
         grace_seconds: int = 0,
         default_due_seconds: int = 2_592_000,
         max_open_loans: int = 4,
+        min_share: float = 0.8,
+        max_topic_lag_seconds: int = 86_400,
     ) -> None:
         self._cash_out = string_set("cash_out_types", cash_out_types, allow_empty=False)
         non_negative_int("grace_seconds", grace_seconds)
         positive_int("default_due_seconds", default_due_seconds)
         positive_int("max_open_loans", max_open_loans)
+        fraction("min_share", min_share)
+        non_negative_int("max_topic_lag_seconds", max_topic_lag_seconds)
         self.cash_out_types = cash_out_types
         self.grace_seconds = grace_seconds
         self.default_due_seconds = default_due_seconds
         self.max_open_loans = max_open_loans
+        self.min_share = min_share
+        self.max_topic_lag_seconds = max_topic_lag_seconds
 
     def new_state(self) -> list[list[list[Any]]]:
         return [[], []]
@@ -132,26 +204,27 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
         return disbursed + self.default_due_seconds
 
     @staticmethod
-    def _closes(x: Features, loan: list[Any]) -> bool:
+    def _of_loan(x: Features, loan: list[Any]) -> bool:
+        loan_id = x.get("loan_id")
+        return loan_id is not None and str(loan_id)[:LOAN_ID_CHARS] == loan[_ID]
+
+    def _repays(self, x: Features, loan: list[Any]) -> bool:
         """Whether ``x`` shows the borrower repaying ``loan``."""
-        if x.get("loan_id") is None or str(x["loan_id"])[:LOAN_ID_CHARS] != loan[_ID]:
-            return False
         event_type = x.get("event_type")
-        return event_type == "loan_repayment" or (
-            event_type == "loan_status" and x.get("status") == "repaid"
+        return self._of_loan(x, loan) and (
+            event_type == "loan_repayment"
+            or (event_type == "loan_status" and x.get("status") == "repaid")
         )
 
-    @staticmethod
-    def _past_due(x: Features, loan: list[Any], ts: int) -> bool:
-        if ts >= loan[_DUE]:
-            return True
-        days = optional_int(x.get("days_past_due"))
-        return (
-            x.get("event_type") == "loan_status"
-            and days is not None
-            and days >= 1
-            and str(x.get("loan_id"))[:LOAN_ID_CHARS] == loan[_ID]
-        )
+    def _past_due_by(self, x: Features, loan: list[Any], ts: int) -> str | None:
+        """What in ``x`` shows ``loan`` past due with its repayments in, or ``None``."""
+        if x.get("event_type") == "loan_status" and self._of_loan(x, loan):
+            days = optional_int(x.get("days_past_due"))
+            if days is not None and days >= 1:
+                return _BY_STATUS
+        if x.get("event_type") in LOAN_EVENT_TYPES:
+            return _BY_TIME if ts >= loan[_DUE] else None
+        return _BY_TIME if ts >= loan[_DUE] + self.max_topic_lag_seconds else None
 
     def _cash_out_amount(self, x: Features) -> int:
         amount = optional_int(x.get("amount_minor"))
@@ -159,79 +232,113 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
             return 0
         return amount
 
-    def _judged(self, x: Features, state: list[list[list[Any]]]) -> list[tuple[list[Any], int]]:
-        """Loans this event finds past due and unpaid, with what was taken out of each."""
+    @staticmethod
+    def _share(loan: list[Any]) -> float:
+        principal: int = loan[_PRINCIPAL]
+        return min(loan[_TAKEN], principal) / principal
+
+    def _advance(self, x: Features, loan: list[Any], ts: int) -> tuple[list[Any], str | None]:
+        """``loan`` after ``x`` (a new list) and, when ``x`` reports it, what completed it."""
+        stage = loan[_STAGE] if len(loan) > _STAGE else OPEN
+        if stage == SETTLED:
+            return loan, None
+        loan = [*loan[:_STAGE], stage]
+        due = loan[_DUE]
+        if self._repays(x, loan) and (stage == OPEN or ts < due):
+            loan[_STAGE] = SETTLED
+            return loan, None
+        cash_out = self._cash_out_amount(x) if loan[_DISBURSED] <= ts < due else 0
+        loan[_TAKEN] += cash_out
+        by = self._past_due_by(x, loan, ts) if stage == OPEN else None
+        if stage == PAST_DUE and cash_out:
+            by = _BY_CASH_OUT
+        if by is not None and self._share(loan) >= self.min_share:
+            loan[_STAGE] = SETTLED
+            return loan, by
+        if stage == PAST_DUE or by is not None:
+            # Past due, not (yet) cashed out: cash-outs from before the due time may
+            # still come, until the bound says every one of them has arrived.
+            loan[_STAGE] = SETTLED if ts >= due + self.max_topic_lag_seconds else PAST_DUE
+        return loan, None
+
+    def _reported(self, x: Features, state: list[list[list[Any]]]) -> list[tuple[list[Any], str]]:
+        """Loans ``x`` reports, as they are after ``x``, with what completed each."""
         ts = optional_int(x.get("ts"))
         if ts is None:
             return []
-        cash_out = self._cash_out_amount(x)
-        judged = []
+        reported = []
         for loan in state[_LOANS]:
-            if self._closes(x, loan) or not self._past_due(x, loan, ts):
-                continue
-            taken = loan[_WITHDRAWN] + (cash_out if ts >= loan[_DISBURSED] else 0)
-            judged.append((loan, taken))
-        return judged
+            after, by = self._advance(x, loan, ts)
+            if by is not None:
+                reported.append((after, by))
+        return reported
 
     def score_one(self, x: Features, state: list[list[list[Any]]]) -> float:
-        shares = [min(taken, loan[_PRINCIPAL]) / loan[_PRINCIPAL] for loan, taken in
-                  self._judged(x, state)]  # fmt: skip
-        return max(shares, default=0.0)
+        return max((self._share(loan) for loan, _ in self._reported(x, state)), default=0.0)
 
     def learn_one(self, x: Features, state: list[list[list[Any]]]) -> list[list[list[Any]]]:
         ts = optional_int(x.get("ts"))
         if ts is None:
             return state
         loans, cash_outs = state
+        if loans:
+            loans[:] = [self._advance(x, loan, ts)[0] for loan in loans]
         amount = optional_int(x.get("amount_minor"))
-        event_type = x.get("event_type")
-        if event_type == "loan_disbursement" and amount is not None and amount > 0:
-            loan_id = str(x.get("loan_id") or "")[:LOAN_ID_CHARS]
-            taken = sum(kept[1] for kept in cash_outs if kept[0] >= ts)
-            loans[:] = [loan for loan in loans if loan[_ID] != loan_id]
-            loans.append([loan_id, ts, amount, self._due(x, ts), taken])
-            loans.sort(key=lambda loan: loan[_DISBURSED])
-            del loans[: -self.max_open_loans]
+        if x.get("event_type") == "loan_disbursement" and amount is not None and amount > 0:
+            self._disburse(x, loans, cash_outs, ts, amount)
         cash_out = self._cash_out_amount(x)
         if cash_out:
-            for loan in loans:
-                if ts >= loan[_DISBURSED]:
-                    loan[_WITHDRAWN] += cash_out
             cash_outs.append([ts, cash_out])
             cash_outs.sort(key=lambda kept: kept[0])
-            oldest = cash_outs[-1][0] - LATE_DISBURSEMENT_SECONDS
+            oldest = cash_outs[-1][0] - self.max_topic_lag_seconds
             cash_outs[:] = [kept for kept in cash_outs if kept[0] >= oldest][-MAX_CASH_OUTS:]
-        # Judged loans are forgotten, alert or not: each loan is decided once.
-        loans[:] = [
-            loan for loan in loans if not (self._closes(x, loan) or self._past_due(x, loan, ts))
-        ]
+        if len(loans) > self.max_open_loans:
+            kept = sorted(loans, key=lambda loan: (loan[_STAGE] != SETTLED, loan[_DISBURSED]))
+            loans[:] = sorted(kept[-self.max_open_loans :], key=lambda loan: loan[_DISBURSED])
         return state
 
+    def _disburse(self, x: Features, loans: list[list[Any]], cash_outs: list[list[Any]],
+                  ts: int, amount: int) -> None:  # fmt: skip
+        loan_id = str(x.get("loan_id") or "")[:LOAN_ID_CHARS]
+        known = next((loan for loan in loans if loan[_ID] == loan_id), None)
+        if known is not None and (known[_STAGE] == SETTLED or known[_DISBURSED] == ts):
+            return  # the same disbursement sent again, or a loan already decided
+        due = self._due(x, ts)
+        taken = sum(kept[1] for kept in cash_outs if ts <= kept[0] < due)
+        loans[:] = [loan for loan in loans if loan[_ID] != loan_id]
+        loans.append([loan_id, ts, amount, due, taken, OPEN])
+        loans.sort(key=lambda loan: loan[_DISBURSED])
+
     def explain_one(self, x: Features, state: list[list[list[Any]]], score: float) -> list[str]:
-        judged = self._judged(x, state)
-        if not judged:
-            open_loans = len(state[_LOANS])
-            noun = "loan" if open_loans == 1 else "loans"
-            return [f"no open loan past its due time ({open_loans} open {noun} followed)"]
+        reported = self._reported(x, state)
+        if not reported:
+            followed = sum(1 for loan in state[_LOANS] if loan[_STAGE:] != [SETTLED])
+            noun = "loan" if followed == 1 else "loans"
+            return [f"no loan past its due time and cashed out ({followed} {noun} followed)"]
         ts = optional_int(x.get("ts")) or 0
         event_type = x.get("event_type") or "event"
         reasons = []
-        latest_due = 0
-        for loan, taken in sorted(judged, key=lambda judged: -judged[1] / judged[0][_PRINCIPAL]):
-            principal = loan[_PRINCIPAL]
-            share = min(taken, principal) / principal
+        for loan, _ in sorted(reported, key=lambda item: -self._share(item[0])):
             reasons.append(
-                f"loan {loan[_ID] or '(no id)'} of {format_minor(principal)} disbursed"
-                f" {format_time(loan[_DISBURSED])}: {format_minor(taken)} ({share:.0%}) withdrawn"
-                f" or transferred since, no repayment by its due time {format_time(loan[_DUE])}"
+                f"loan {loan[_ID] or '(no id)'} of {format_minor(loan[_PRINCIPAL])} disbursed"
+                f" {format_time(loan[_DISBURSED])}: {format_minor(loan[_TAKEN])}"
+                f" ({self._share(loan):.0%}) withdrawn or transferred before its due time"
+                f" {format_time(loan[_DUE])}, no repayment by then"
             )
-            latest_due = max(latest_due, loan[_DUE])
-        if ts >= latest_due:
-            reasons.append(
-                f"this {event_type} comes {format_duration(ts - latest_due)} after the due time"
-            )
-        else:
+        kinds = {by for _, by in reported}
+        if _BY_STATUS in kinds:
             days = x.get("days_past_due")
             unit = "day" if days == 1 else "days"
             reasons.append(f"this {event_type} reports the loan {days} {unit} past due")
+        if _BY_TIME in kinds:
+            latest_due = max(loan[_DUE] for loan, by in reported if by == _BY_TIME)
+            reasons.append(
+                f"this {event_type} comes {format_duration(ts - latest_due)} after the due time"
+            )
+        if _BY_CASH_OUT in kinds:
+            amount = format_minor(self._cash_out_amount(x))
+            reasons.append(
+                f"this {event_type} of {amount} at {format_time(ts)} arrived after the loan"
+                " was found past due"
+            )
         return reasons
