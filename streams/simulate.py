@@ -26,7 +26,10 @@ adds (:class:`PlannedEvent`), registered in :data:`SCENARIOS` with the name of
 the detector expected to catch it. The events a detector should flag carry
 ``"label": "<scenario>"`` and are listed in the labels file; context events a
 scenario adds to make its victim plausible (the small payments before a
-spike) are unlabelled, like the background they imitate.
+spike) are unlabelled, like the background they imitate. The labelled events
+of a scenario whose incidents span several accounts (a ring, a device farm)
+also carry ``"incident": "<scenario>-<seed>-<round>"``, so that scoring counts
+each of its incidents once, not once per account.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import heapq
+import inspect
 import itertools
 import math
 import random
@@ -53,7 +58,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from detectors.registry import DEFAULT_CONFIG
+from detectors.flow import DEFAULT_FLOW_PARAMS
+from detectors.identity import DEFAULT_IDENTITY_PARAMS
+from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.events import EVENT_TYPES, LENDING_TYPES
 from streams.settings import Settings
 
@@ -63,6 +70,7 @@ __all__ = [
     "DISHONEST_PERSONS",
     "SCENARIOS",
     "IncidentContext",
+    "Newcomer",
     "PlannedEvent",
     "ReplayReport",
     "Scenario",
@@ -76,18 +84,27 @@ __all__ = [
     "dishonest_persons",
     "encode",
     "ensure_topics",
+    "fan_in",
     "fan_out",
     "fund_segregation",
+    "gather_scatter",
     "generate",
     "hourly_weight",
     "label_record",
+    "laundering_ring",
+    "loan_stacking",
     "message_key",
     "minor_units",
+    "payout_after_sybil_pledges",
+    "pledge_churn",
     "precipitated_funds",
     "rapid_pass_through",
     "replay",
+    "scatter_gather",
+    "shared_identity",
     "simulate",
     "structuring",
+    "sybil_pledging",
     "topic_for",
     "velocity_burst",
     "write_jsonl",
@@ -343,6 +360,8 @@ class PlannedEvent:
     account_id: str
     body: dict[str, Any]
     label: str | None = None
+    #: Set by the generator on the labelled events of a scenario that spans accounts.
+    incident: str | None = None
 
 
 ScenarioFunction = Callable[["IncidentContext"], Iterable[PlannedEvent]]
@@ -361,11 +380,29 @@ class Scenario:
         Builds one incident from an :class:`IncidentContext`.
     description
         One line for people.
+    spans_accounts
+        Whether one incident labels events of several accounts (a ring, the
+        backers of a project): its labelled events then carry an incident id,
+        as scoring otherwise counts one incident per account.
     """
 
     expected_detector: str
     inject: ScenarioFunction
     description: str
+    spans_accounts: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Newcomer:
+    """An account a scenario opens: not part of the population, no background of its own."""
+
+    account_id: str
+    region: str
+    ip_prefix: str
+    device_id: str
+    phone: str
+    national_id: str
+    age_band: str
 
 
 class IncidentContext:
@@ -394,13 +431,17 @@ class IncidentContext:
         self.now = now
 
     def pick_victim(
-        self, *, with_history: bool = False, profiles: Collection[str] | None = None
+        self,
+        *,
+        with_history: bool = False,
+        profiles: Collection[str] | None = None,
+        where: Callable[[SimAccount], bool] | None = None,
     ) -> SimAccount | None:
         """An opened account not yet used by an incident, or ``None`` if none fits.
 
         ``with_history`` chooses among accounts that have made at least
         :data:`SPIKE_HISTORY` payments so far; ``profiles`` restricts the
-        profile names.
+        profile names; ``where`` is any further condition.
         """
         traffic = self.traffic
         pool = traffic.experienced if with_history else traffic.accounts
@@ -410,6 +451,7 @@ class IncidentContext:
                 account.opened
                 and account.index not in traffic.victims
                 and (profiles is None or account.profile.name in profiles)
+                and (where is None or where(account))
             )
 
         # Victims are few next to the population: rejection sampling first.
@@ -465,6 +507,87 @@ class IncidentContext:
             other = accounts[self.rng.randrange(len(accounts))].account_id
             if other != account.account_id and other not in account.contacts:
                 return other
+
+    def accomplices(
+        self, count: int, *, profiles: Collection[str] | None = None
+    ) -> list[SimAccount]:
+        """``count`` different opened accounts for the roles of one incident, marked as used.
+
+        Accounts no incident has used come first, of ``profiles`` while there
+        are some; when the population runs short, used ones fill in, never one
+        twice. (Reusing the few accounts of ``profiles`` first instead left 3
+        of 248 rings and scatter-gathers undetected in a 250,000-event backtest.)
+        """
+        chosen: list[SimAccount] = []
+        taken: set[int] = set()
+        while len(chosen) < count:
+            account = self.pick_victim(profiles=profiles, where=lambda a: a.index not in taken)
+            if account is None and profiles is not None:
+                account = self.pick_victim(where=lambda a: a.index not in taken)
+            if account is None:
+                break
+            chosen.append(account)
+            taken.add(account.index)
+        if len(chosen) < count:
+            rest = [a for a in self.traffic.accounts if a.opened and a.index not in taken]
+            chosen += self.rng.sample(rest, min(count - len(chosen), len(rest)))
+        return chosen
+
+    def bystanders(self, count: int, exclude: Collection[str] = ()) -> list[SimAccount]:
+        """``count`` different ordinary opened accounts, not marked as used by the incident.
+
+        For the people a scheme merely touches (the victims of a scam paying
+        into it): they keep their ordinary lives and may be picked again.
+        Accounts involved in an incident are avoided while others are left.
+        """
+        accounts = self.traffic.accounts
+        victims = self.traffic.victims
+        chosen: dict[str, SimAccount] = {}
+        for attempt in range(64 * count):
+            account = accounts[self.rng.randrange(len(accounts))]
+            if (
+                account.opened
+                and account.account_id not in exclude
+                and account.account_id not in chosen
+                and (account.index not in victims or attempt >= 32 * count)
+            ):
+                chosen[account.account_id] = account
+                if len(chosen) == count:
+                    break
+        return list(chosen.values())
+
+    def newcomer(
+        self, *, device_id: str | None = None, phone: str | None = None,
+        national_id: str | None = None,
+    ) -> Newcomer:
+        """An account that does not exist yet, with an identity of its own unless given one.
+
+        Its id follows the population's (``acct-<n>`` past the last one), so
+        it is never an account the background uses.
+        """
+        rng = self.rng
+        region, _, ip_prefixes, areas = REGIONS[rng.randrange(len(REGIONS))]
+        age_band = _pick(rng, PROFILES[rng.randrange(len(PROFILES))].age_bands)
+        low, high = _AGE_BIRTH_YEARS[age_band]
+        birth_year = min(rng.randint(low, high), self.traffic.start.year - 18)
+        return Newcomer(
+            account_id=self.traffic.new_account_id(),
+            region=region,
+            ip_prefix=rng.choice(ip_prefixes),
+            device_id=device_id or self.new_device_id(),
+            phone=phone or f"1{rng.choice('3589')}{rng.randrange(10**9):09d}",
+            national_id=national_id or _national_id(rng, rng.choice(areas), birth_year),
+            age_band=age_band,
+        )
+
+    def opening(self, account: Newcomer, at: float, *, labelled: bool = False) -> PlannedEvent:
+        """The ``account_opened`` event of a newcomer, from its device and region."""
+        return self.event(
+            account.account_id, at, "account_opened", labelled=labelled, phone=account.phone,
+            national_id=account.national_id, age_band=account.age_band, channel="app",
+            region=account.region, device_id=account.device_id,
+            ip=f"{account.ip_prefix}.{self.rng.randrange(256)}.{self.rng.randrange(1, 255)}",
+        )  # fmt: skip
 
     def event(
         self,
@@ -575,9 +698,27 @@ def amount_spike(ctx: IncidentContext) -> Iterator[PlannedEvent]:
 
 
 def _default_params(detector: str) -> Mapping[str, Any]:
-    """The shipped parameters of a detector: scenarios are built to cross its defaults."""
-    params: Mapping[str, Any] = DEFAULT_CONFIG["detectors"][detector].get("params", {})
-    return params
+    """The shipped parameters of a detector: scenarios are built to cross its defaults.
+
+    Those of :data:`DEFAULT_CONFIG`, and the constructor's defaults for the ones
+    it leaves out.
+    """
+    cls = {**DETECTORS, **STAGE_DETECTORS}[detector]
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **DEFAULT_CONFIG["detectors"][detector].get("params", {})}
+
+
+def _alerting_count(detector: str, limit: float) -> int:
+    """The smallest count that alerts for a detector scoring ``count / limit``."""
+    threshold = float(DEFAULT_CONFIG["detectors"][detector]["threshold"])
+    count = max(1, math.ceil(threshold * limit))
+    while count / limit < threshold:  # float rounding in the detector's division
+        count += 1
+    return count
 
 
 def _whole_yuan(low_minor: int, high_minor: int, rng: random.Random) -> int:
@@ -885,6 +1026,408 @@ def borrow_and_vanish(ctx: IncidentContext) -> Iterator[PlannedEvent]:
     )  # fmt: skip
 
 
+#: Profiles of the accounts that pass money on in laundering schemes: accounts used to
+#: moving sums that would stand out in a student's or a family's history.
+_MULE_PROFILES: Final = ("small_business", "affluent")
+
+
+def _transfer(
+    ctx: IncidentContext, sender: SimAccount | Newcomer, receiver: str, at: float,
+    amount_minor: int, *, labelled: bool = False,
+) -> PlannedEvent:
+    """A transfer from an app, as the population sends them."""
+    device = sender.devices[0] if isinstance(sender, SimAccount) else sender.device_id
+    return ctx.event(
+        sender.account_id, at, "transfer", amount_minor=amount_minor, labelled=labelled,
+        counterparty_id=receiver, channel="app", region=sender.region, device_id=device,
+    )  # fmt: skip
+
+
+def _split(total_minor: int, parts: int, rng: random.Random) -> list[int]:
+    """``total_minor`` cut at random into ``parts`` amounts in whole yuan (each at least one)."""
+    cuts = sorted(rng.uniform(0.15, 0.85) for _ in range(parts - 1))
+    shares = [b - a for a, b in zip([0.0, *cuts], [*cuts, 1.0], strict=True)]
+    return [max(100, round(total_minor * share / 100) * 100) for share in shares]
+
+
+def laundering_ring(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """Money passed round a ring of 3 to 8 accounts back to where it started, within two days.
+
+    The ring's length is drawn between the cycle detector's ``min_ring`` and
+    its ``max_ring`` (at most the flow sketch's); its members are accounts of
+    the population used to moving money (small businesses, the affluent).
+    The first sends 3,000.00 to 15,000.00 to the second, each passes 97-99.5%
+    of what it got (less its cut) to the next, the last back to the first,
+    10 minutes to 6 hours apart. In half of the incidents the transfers are
+    not in ring order: the members pay from their own balances as soon as
+    they are told to, so the event times of the hops are shuffled.
+
+    Every transfer of the ring is labelled, with one incident id: the alert
+    points at the transfer that closes the ring where it is processed (the
+    last in event time when processed in order; another one when the flow
+    stage's relays lag behind).
+    """
+    params = _default_params("cycle")
+    longest = min(int(params["max_ring"]), DEFAULT_FLOW_PARAMS.max_ring)
+    shortest = min(int(params["min_ring"]), longest)
+    span_limit = min(int(params["max_span_seconds"]), DEFAULT_FLOW_PARAMS.window_seconds)
+    rng = ctx.rng
+    length = rng.randint(shortest, longest)
+    members = ctx.accomplices(length, profiles=_MULE_PROFILES)
+    amounts = [_whole_yuan(300_000, 1_500_000, rng)]
+    for _ in range(length - 1):
+        amounts.append(round(amounts[-1] * rng.uniform(0.97, 0.995) / 100) * 100)
+    gaps = [rng.uniform(600.0, 6 * _HOUR) for _ in range(length)]
+    scale = min(1.0, 0.8 * span_limit / sum(gaps))
+    offsets = list(itertools.accumulate(gap * scale for gap in gaps))
+    if rng.random() < 0.5:
+        rng.shuffle(offsets)
+    begin = ctx.now + rng.uniform(10.0, 600.0)
+    for hop, (offset, amount) in enumerate(zip(offsets, amounts, strict=True)):
+        receiver = members[(hop + 1) % length].account_id
+        yield _transfer(ctx, members[hop], receiver, begin + offset, amount, labelled=True)
+
+
+def scatter_gather(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """One account's money split over 3 to 6 intermediaries and recombined at another.
+
+    The origin sends 3,000.00 to 12,000.00 to each of ``min_vias`` to
+    ``min_vias + 3`` intermediaries (the scatter-gather detector's default,
+    at most the ``max_vias`` the flow sketch keeps), 1 to 15 minutes apart;
+    each intermediary passes 95-99% of it on to one collecting account 20
+    minutes to 12 hours after receiving it, well within the sketch's
+    ``hub_seconds``. All of them are accounts of the population used to
+    moving money. The collector's incoming transfers from the
+    ``min_vias``-th on are labelled (the detector alerts on each of them),
+    with one incident id: they come from different accounts.
+    """
+    params = _default_params("scatter_gather")
+    most = DEFAULT_FLOW_PARAMS.max_vias
+    needed = min(_alerting_count("scatter_gather", int(params["min_vias"])), most)
+    rng = ctx.rng
+    count = rng.randint(needed, min(needed + 3, most))
+    origin, collector, *vias = ctx.accomplices(count + 2, profiles=_MULE_PROFILES)
+    at = ctx.now + rng.uniform(10.0, 600.0)
+    onward: list[tuple[float, SimAccount, int]] = []
+    for via in vias:
+        at += rng.uniform(60.0, 900.0)
+        amount = _whole_yuan(300_000, 1_200_000, rng)
+        yield _transfer(ctx, origin, via.account_id, at, amount)
+        kept = round(amount * rng.uniform(0.95, 0.99) / 100) * 100
+        onward.append((at + rng.uniform(1_200.0, 12 * _HOUR), via, kept))
+    onward.sort(key=lambda hop: hop[0])
+    for number, (when, via, amount) in enumerate(onward, start=1):
+        yield _transfer(ctx, via, collector.account_id, when, amount, labelled=number >= needed)
+
+
+def gather_scatter(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A freshly opened account paid by 5 to 8 accounts, then paying 5 to 8 new ones.
+
+    A collection hub of a scam or of underground banking, opened (unlabelled)
+    with the accounts it will pay, bought or opened for the purpose: it is
+    paid 1,500.00 to 10,000.00 by each of ``min_in`` to ``min_in + 3``
+    ordinary accounts (the scam's victims) within 2 to 12 hours; 30 minutes
+    to 3 hours after the last payment it sends 90-98% of the money on, 5
+    minutes to an hour apart, to ``min_out`` to ``min_out + 3`` of those new
+    accounts (the gather-scatter detector's defaults; fewer than the fan-out
+    detector's ``min_distinct``). The hub's outgoing transfers from the
+    ``min_out``-th on are labelled: once both limits are reached within the
+    flow sketch's ``hub_seconds``, the detector alerts on every record of the
+    hub. New accounts have no background, so no earlier transfer reaches the
+    limits.
+    """
+    params = _default_params("gather_scatter")
+    needed_in = _alerting_count("gather_scatter", int(params["min_in"]))
+    needed_out = _alerting_count("gather_scatter", int(params["min_out"]))
+    fan_out_limit = int(_default_params("fan_out").get("min_distinct", 10))
+    rng = ctx.rng
+    senders = rng.randint(needed_in, needed_in + 3)
+    receivers = rng.randint(needed_out, max(needed_out, min(needed_out + 3, fan_out_limit - 1)))
+    hub = ctx.newcomer()
+    payers = ctx.bystanders(senders)
+    payees = [ctx.newcomer() for _ in range(receivers)]
+    at = ctx.now + rng.uniform(10.0, 600.0)
+    yield ctx.opening(hub, at)
+    for payee in payees:
+        yield ctx.opening(payee, at + rng.uniform(60.0, 1_800.0))
+    window = rng.uniform(2 * _HOUR, 12 * _HOUR)
+    received = 0
+    offsets = sorted(rng.uniform(600.0, window) for _ in payers)
+    for offset, payer in zip(offsets, payers, strict=True):
+        amount = _whole_yuan(150_000, 1_000_000, rng)
+        received += amount
+        yield _transfer(ctx, payer, hub.account_id, at + offset, amount)
+    at += window + rng.uniform(1_800.0, 3 * _HOUR)
+    amounts = _split(round(received * rng.uniform(0.90, 0.98)), len(payees), rng)
+    for number, (payee, amount) in enumerate(zip(payees, amounts, strict=True), start=1):
+        at += rng.uniform(300.0, _HOUR)
+        yield _transfer(ctx, hub, payee.account_id, at, amount, labelled=number >= needed_out)
+
+
+def fan_in(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A freshly opened account paid by 20 to 28 accounts that never paid it, within hours.
+
+    The collection account of a scam (a fake investment or "part-time job"
+    offer), opened on the day (unlabelled). ``max_senders`` to
+    ``max_senders + 8`` ordinary accounts of the population (the fan-in
+    detector's default; fewer than the flow sketch's ``hub_degree``) each
+    send it 200.00 to 5,000.00 over 2 to 16 hours, within the sketch's
+    ``fan_in_seconds``. The transfers from the ``max_senders``-th on are
+    labelled, with one incident id (each comes from another account): the
+    detector alerts on each of them. The account being new, no other sender
+    counts towards the limit.
+    """
+    params = _default_params("fan_in")
+    flow = DEFAULT_FLOW_PARAMS
+    needed = _alerting_count("fan_in", int(params["max_senders"]))
+    rng = ctx.rng
+    count = rng.randint(needed, max(needed, min(needed + 8, flow.hub_degree - 1)))
+    collector = ctx.newcomer()
+    at = ctx.now + rng.uniform(10.0, 600.0)
+    yield ctx.opening(collector, at)
+    span = min(rng.uniform(2 * _HOUR, 16 * _HOUR), 0.9 * flow.fan_in_seconds)
+    offsets = sorted(rng.uniform(300.0, span) for _ in range(count))
+    senders = ctx.bystanders(count)
+    for number, (offset, sender) in enumerate(zip(offsets, senders, strict=False), start=1):
+        amount = _whole_yuan(20_000, 500_000, rng)
+        yield _transfer(
+            ctx, sender, collector.account_id, at + offset, amount, labelled=number >= needed
+        )
+
+
+def shared_identity(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """Several accounts opened with one identity: a device farm or a stolen national ID.
+
+    In two incidents out of three, a device farm: as many accounts as the
+    identity-reuse detector's limit for devices, up to three more, opened from
+    one device within a few hours, each with a phone number and national ID
+    of its own (bought or synthetic identities). Otherwise a stolen identity:
+    as many accounts as its limit for national IDs and phone numbers, or one
+    more, opened with one person's national ID and phone number from
+    different devices. Every new account then logs in once or twice from its
+    device (unlabelled). The openings from the limit-th account on are
+    labelled, with one incident id: the detector alerts once per account
+    that reaches the limit.
+    """
+    limits: Mapping[str, int] = _default_params("identity_reuse")["min_accounts"]
+    most = DEFAULT_IDENTITY_PARAMS.max_accounts
+    rng = ctx.rng
+    stolen = [limits[kind] for kind in ("national_id", "phone") if kind in limits]
+    if stolen and ("device_id" not in limits or rng.random() < 1 / 3):
+        needed = _alerting_count("identity_reuse", min(stolen))
+        count = rng.randint(needed, min(needed + 1, most))
+        person = ctx.newcomer()
+        accounts = [
+            ctx.newcomer(phone=person.phone, national_id=person.national_id)
+            for _ in range(count)
+        ]
+        spread = rng.uniform(_HOUR, 3 * _DAY)
+    else:
+        needed = _alerting_count("identity_reuse", limits["device_id"])
+        count = rng.randint(needed, min(needed + 3, most))
+        device = ctx.new_device_id()
+        accounts = [ctx.newcomer(device_id=device) for _ in range(count)]
+        spread = rng.uniform(_HOUR, 6 * _HOUR)
+    begin = ctx.now + rng.uniform(10.0, 600.0)
+    offsets = sorted(rng.uniform(0.0, spread) for _ in range(count))
+    for number, (offset, account) in enumerate(zip(offsets, accounts, strict=True), start=1):
+        yield ctx.opening(account, begin + offset, labelled=number >= needed)
+        at = begin + offset
+        for _ in range(rng.randint(1, 2)):
+            at += rng.uniform(600.0, _DAY)
+            yield ctx.event(
+                account.account_id, at, "login", channel="app", region=account.region,
+                device_id=account.device_id,
+                ip=f"{account.ip_prefix}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            )  # fmt: skip
+
+
+def loan_stacking(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A customer who never borrowed applies for loan after loan within two or three days.
+
+    Financial distress, or a fraudster testing the platform's limits: an
+    account of the population outside the lending product (so no application
+    of its own came before) applies ``max_applications`` to
+    ``max_applications + 2`` times (the loan-stacking detector's default), 30
+    minutes to 16 hours apart, each for another loan of 3,000.00 to
+    30,000.00 with its national ID and phone number. The applications from the
+    ``max_applications``-th on are labelled: the detector alerts on each.
+    """
+    params = _default_params("loan_stacking")
+    needed = _alerting_count("loan_stacking", int(params["max_applications"]))
+    window = DEFAULT_IDENTITY_PARAMS.loan_window_seconds
+    rng = ctx.rng
+    victim = ctx.pick_victim(where=lambda a: "lending" not in a.kinds) or ctx.any_victim()
+    count = rng.randint(needed, needed + 2)
+    longest_gap = min(16 * _HOUR, 0.9 * window / count)
+    at = ctx.now
+    for number in range(1, count + 1):
+        at += rng.uniform(min(1_800.0, longest_gap), longest_gap)
+        yield ctx.event(
+            victim.account_id, at, "loan_application",
+            amount_minor=_whole_yuan(300_000, 3_000_000, rng), labelled=number >= needed,
+            loan_id=f"loan-{victim.index:07d}-s{rng.getrandbits(24):06x}",
+            term_months=rng.choice(_LOAN_TERMS), age_band=victim.age_band,
+            national_id=victim.national_id, phone=victim.phone, channel="app",
+            region=victim.region, device_id=victim.devices[0],
+        )  # fmt: skip
+
+
+def _pledge(
+    ctx: IncidentContext, backer: SimAccount | Newcomer, at: float, amount_minor: int,
+    project_id: str, owner: SimAccount, *, labelled: bool = False, kind: str = "pledge",
+) -> PlannedEvent:
+    """A pledge (or its refund) to ``project_id``; a newcomer's from its device."""
+    fields: dict[str, Any] = {"channel": "app", "region": backer.region}
+    if isinstance(backer, Newcomer):
+        fields["device_id"] = backer.device_id
+    return ctx.event(
+        backer.account_id, at, kind, amount_minor=amount_minor, labelled=labelled,
+        project_id=project_id, counterparty_id=owner.account_id, **fields,
+    )  # fmt: skip
+
+
+def pledge_churn(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A new project's backers pledge and are refunded within days: its ranking inflated.
+
+    An account of the population starts a project (a new id, so no genuine
+    backer yet); 6 to 9 ordinary accounts (fewer than the suspicious-pledging
+    detector's ``min_pledges``) pledge 1,000.00 to 8,000.00 each to it within
+    a day; one to three days after the last pledge, enough of them are refunded,
+    an hour or so apart, to reach the pledge-churn detector's ``min_refunds``
+    and ``min_churn_ratio``. The refunds from the one that reaches both limits
+    on are labelled, with one incident id (each is another backer's event).
+    """
+    params = _default_params("pledge_churn")
+    min_refunds, min_ratio = int(params["min_refunds"]), float(params["min_churn_ratio"])
+    threshold = float(DEFAULT_CONFIG["detectors"]["pledge_churn"]["threshold"])
+    pledging_limit = _alerting_count(
+        "suspicious_pledging", int(_default_params("suspicious_pledging")["min_pledges"])
+    )
+    rng = ctx.rng
+
+    def first_alerting(backers: int) -> int:
+        """The refund number from which the detector's score reaches its threshold."""
+        return next(
+            (k for k in range(1, backers + 1)
+             if min(k / min_refunds, k / backers / min_ratio) >= threshold),
+            backers + 1,
+        )  # fmt: skip
+
+    lowest = max(6, _alerting_count("pledge_churn", min_refunds))
+    count = rng.randint(lowest, max(lowest, pledging_limit - 1))
+    needed = first_alerting(count)
+    owner = ctx.pick_victim() or ctx.any_victim()
+    project = ctx.traffic.new_project_id()
+    backers = ctx.bystanders(count, exclude=(owner.account_id,))
+    at = ctx.now + rng.uniform(10.0, 600.0)
+    span = rng.uniform(2 * _HOUR, _DAY)
+    pledges = []
+    for offset, backer in zip(sorted(rng.uniform(0.0, span) for _ in backers), backers,
+                              strict=True):
+        amount = _whole_yuan(100_000, 800_000, rng)
+        pledges.append((backer, amount))
+        yield _pledge(ctx, backer, at + offset, amount, project, owner)
+    at += span + rng.uniform(_DAY, 3 * _DAY)
+    refunded = rng.sample(pledges, min(len(pledges), rng.randint(needed, needed + 2)))
+    for number, (backer, amount) in enumerate(refunded, start=1):
+        at += rng.uniform(600.0, 2 * _HOUR)
+        yield _pledge(
+            ctx, backer, at, amount, project, owner, labelled=number >= needed,
+            kind="pledge_refund",
+        )  # fmt: skip
+
+
+def _sybil_backers(ctx: IncidentContext, count: int) -> list[Newcomer]:
+    """``count`` newcomers, one to three of them per device (fewer than a device's limit)."""
+    limits: Mapping[str, int] = _default_params("identity_reuse")["min_accounts"]
+    per_device = max(1, min(3, limits.get("device_id", 4) - 1))
+    backers: list[Newcomer] = []
+    while len(backers) < count:
+        device = ctx.new_device_id()
+        for _ in range(min(ctx.rng.randint(1, per_device), count - len(backers))):
+            backers.append(ctx.newcomer(device_id=device))
+    return backers
+
+
+def _sybil_pledges(
+    ctx: IncidentContext, owner: SimAccount, project: str, count: int, needed: int | None,
+    at: float,
+) -> Iterator[tuple[float, int, PlannedEvent]]:
+    """Openings and pledges of ``count`` sybil backers over up to a day, from ``at``.
+
+    Yields ``(time, amount, event)``; the pledges from the ``needed``-th on
+    are labelled.
+    """
+    rng = ctx.rng
+    span = rng.uniform(2 * _HOUR, _DAY)
+    starts = sorted(rng.uniform(0.0, span) for _ in range(count))
+    pledges = []
+    for start, backer in zip(starts, _sybil_backers(ctx, count), strict=True):
+        opened = at + start
+        yield opened, 0, ctx.opening(backer, opened)
+        pledges.append((opened + rng.uniform(60.0, 1_800.0), backer))
+    pledges.sort(key=lambda pledge: pledge[0])
+    for number, (when, backer) in enumerate(pledges, start=1):
+        amount = _whole_yuan(50_000, 500_000, rng)
+        labelled = needed is not None and number >= needed
+        yield when, amount, _pledge(ctx, backer, when, amount, project, owner, labelled=labelled)
+
+
+def sybil_pledging(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A new project backed within a day by accounts opened for the purpose.
+
+    An account of the population starts a project (a new id, no genuine
+    backer); ``min_pledges`` to ``min_pledges + 6`` accounts (the
+    suspicious-pledging detector's default) are opened (unlabelled), one to
+    three per device, and each pledges 500.00 to 5,000.00 from its device
+    within half an hour of opening, all within a day. Brand new, they make
+    every pledge suspicious. The pledges from the ``min_pledges``-th on are
+    labelled, with one incident id: the detector alerts on each.
+    """
+    params = _default_params("suspicious_pledging")
+    needed = _alerting_count("suspicious_pledging", int(params["min_pledges"]))
+    rng = ctx.rng
+    owner = ctx.pick_victim() or ctx.any_victim()
+    project = ctx.traffic.new_project_id()
+    count = rng.randint(needed, needed + 6)
+    start = ctx.now + rng.uniform(10.0, 600.0)
+    for _, _, planned in _sybil_pledges(ctx, owner, project, count, needed, start):
+        yield planned
+
+
+def payout_after_sybil_pledges(ctx: IncidentContext) -> Iterator[PlannedEvent]:
+    """A new project backed by a few accounts opened for the purpose, then paid out.
+
+    Like :func:`sybil_pledging`, with ``min_pledges`` to 9 new backers of
+    the suspicious-payout detector's default (fewer than the
+    suspicious-pledging detector's limit, so the pledges alone raise
+    nothing); 2 to 36 hours after the last pledge (within its
+    ``max_delay_seconds``), the owner takes the money out in one
+    ``project_payout``, which is labelled.
+    """
+    params = _default_params("suspicious_payout")
+    needed = _alerting_count("suspicious_payout", int(params["min_pledges"]))
+    pledging_limit = _alerting_count(
+        "suspicious_pledging", int(_default_params("suspicious_pledging")["min_pledges"])
+    )
+    rng = ctx.rng
+    owner = ctx.pick_victim() or ctx.any_victim()
+    project = ctx.traffic.new_project_id()
+    count = rng.randint(needed, max(needed, pledging_limit - 1))
+    raised = 0
+    last = start = ctx.now + rng.uniform(10.0, 600.0)
+    for when, amount, planned in _sybil_pledges(ctx, owner, project, count, None, start):
+        raised += amount
+        last = max(last, when)
+        yield planned
+    delay = rng.uniform(2 * _HOUR, min(36 * _HOUR, 0.9 * float(params["max_delay_seconds"])))
+    yield ctx.event(
+        owner.account_id, last + delay, "project_payout", amount_minor=raised, labelled=True,
+        project_id=project, channel="web", region=owner.region,
+    )  # fmt: skip
+
+
 #: Scenario name -> how to inject it and which detector should catch it.
 SCENARIOS: dict[str, Scenario] = {
     "velocity_burst": Scenario(
@@ -917,6 +1460,44 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "borrow_and_vanish": Scenario(
         "borrow_and_vanish", borrow_and_vanish, "a loan cashed out and not repaid by its due date"
+    ),
+    # -- derived stages: patterns across accounts, identities and projects
+    "laundering_ring": Scenario(
+        "cycle", laundering_ring, "money passed round 3-8 accounts back to its origin in 2 days",
+        spans_accounts=True,
+    ),
+    "scatter_gather": Scenario(
+        "scatter_gather", scatter_gather,
+        "one account's money split over 3-6 intermediaries and recombined at another",
+        spans_accounts=True,
+    ),
+    "gather_scatter": Scenario(
+        "gather_scatter", gather_scatter, "a new account paid by 5-8 accounts, then paying 5-8",
+    ),
+    "fan_in": Scenario(
+        "fan_in", fan_in, "a new account paid by 20-28 strangers within hours",
+        spans_accounts=True,
+    ),
+    "shared_identity": Scenario(
+        "identity_reuse", shared_identity,
+        "5-8 accounts opened from one device, or 3-4 with one national ID",
+        spans_accounts=True,
+    ),
+    "loan_stacking": Scenario(
+        "loan_stacking", loan_stacking, "3-5 loan applications by one customer within days"
+    ),
+    "pledge_churn": Scenario(
+        "pledge_churn", pledge_churn, "a new project's backers refunded within days",
+        spans_accounts=True,
+    ),
+    "sybil_pledging": Scenario(
+        "suspicious_pledging", sybil_pledging,
+        "a new project backed by 10-16 accounts opened the same day",
+        spans_accounts=True,
+    ),
+    "payout_after_sybil_pledges": Scenario(
+        "suspicious_payout", payout_after_sybil_pledges,
+        "a project backed by 5-9 brand-new accounts paid out within 36 hours",
     ),
 }
 
@@ -971,6 +1552,9 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         self._id_prefix = f"sim-{seed}-"
         self._second_cache: tuple[int, str] = (-1, "")
         self._build_population(random.Random(f"txwatch-population/{seed}"), accounts)
+        # Accounts and projects that scenarios open are numbered after the population's.
+        self._newcomer_numbers = itertools.count(accounts)
+        self._project_numbers = itertools.count(max(5, accounts // 60))
         self._builders: dict[str, Callable[[SimAccount, float], dict[str, Any]]] = {
             "payment": self._payment,
             "top_up": self._top_up,
@@ -986,6 +1570,14 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         self._base_rate = total_activity / _DAY  # events per simulated second, mean hour
         self.now = self.start.timestamp()
         self._next_background_at = self._advance(self.now)
+
+    def new_account_id(self) -> str:
+        """The id of an account a scenario opens, after the population's own."""
+        return f"acct-{next(self._newcomer_numbers):07d}"
+
+    def new_project_id(self) -> str:
+        """The id of a crowdfunding project a scenario starts, after the population's own."""
+        return f"proj-{next(self._project_numbers):05d}"
 
     # -- population --------------------------------------------------------------------
     def _build_population(self, rng: random.Random, count: int) -> None:
@@ -1220,6 +1812,8 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
                 event[key] = value
         if planned.label is not None:
             event["label"] = planned.label
+        if planned.incident is not None:
+            event["incident"] = planned.incident
         return event
 
     def _plan(self, planned: PlannedEvent) -> None:
@@ -1229,11 +1823,15 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         for name in self.scenarios:
             rng = random.Random(f"txwatch-incident/{self.seed}/{self._round}/{name}")
             context = IncidentContext(self, name, rng, self.now)
-            incident = list(SCENARIOS[name].inject(context))
+            scenario = SCENARIOS[name]
+            incident = list(scenario.inject(context))
             budget = self._room()
             if not incident or (budget is not None and len(incident) > budget):
                 continue
+            tag = f"{name}-{self.seed}-{self._round}" if scenario.spans_accounts else None
             for planned in incident:
+                if tag is not None and planned.label is not None:
+                    planned = dataclasses.replace(planned, incident=tag)
                 self._plan(planned)
             self.incidents[name] += 1
         self._round += 1
@@ -1626,13 +2224,16 @@ def label_record(event: Mapping[str, Any]) -> dict[str, Any] | None:
     if scenario is None:
         return None
     registered = SCENARIOS.get(scenario) if isinstance(scenario, str) else None
-    return {
+    record = {
         "event_id": event["event_id"],
         "account_id": event["account_id"],
         "scenario": scenario,
         "expected_detector": registered.expected_detector if registered else None,
         "occurred_at": event["occurred_at"],
     }
+    if "incident" in event:
+        record["incident"] = event["incident"]
+    return record
 
 
 def write_jsonl(

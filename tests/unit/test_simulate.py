@@ -1,8 +1,9 @@
 """The simulator: seeded realistic traffic, labelled scenarios, routing and pacing.
 
 No broker here: :func:`streams.simulate.generate` is pure, and ``simulate`` /
-``replay`` run against an in-memory producer. The Kafka round trip is in
-``tests/integration/test_simulate_kafka.py``.
+``replay`` run against an in-memory producer; the derived-stage scenarios go
+through the offline backtest (:func:`streams.evaluation.backtest`). The Kafka
+round trip is in ``tests/integration/test_simulate_kafka.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from streams.events import EVENT_TYPES, LENDING_TYPES, Event
 from streams.settings import Settings
 
 SETTINGS = Settings(payments_topic="t.payments", lending_topic="t.lending")
+#: Scenarios of the detectors that run on an account's own events, and of those that run
+#: in the derived stages (flow, identity, project).
+DERIVED_SCENARIOS = [
+    name for name, scenario in sim.SCENARIOS.items()
+    if scenario.expected_detector in STAGE_DETECTORS
+]  # fmt: skip
+ACCOUNT_SCENARIOS = [name for name in sim.SCENARIOS if name not in DERIVED_SCENARIOS]
 
 #: What the simulator promises beyond the contract: always two decimals.
 AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,14})\.[0-9]{2}$")
@@ -100,8 +108,25 @@ def contract_problems(event: dict[str, Any]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sample() -> list[dict[str, Any]]:
-    """Two and a half simulated days of 800 accounts with all scenarios."""
-    return list(sim.generate(11, accounts=800, events=40_000, incident_every=1_500))
+    """Two and a half simulated days of 800 accounts with the per-account scenarios.
+
+    The derived-stage scenarios have a sample of their own: with them too, 800
+    accounts run out of victims no incident has used, and incidents would share
+    accounts.
+    """
+    return list(
+        sim.generate(11, accounts=800, events=40_000, incident_every=1_500,
+                     scenarios=ACCOUNT_SCENARIOS)
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def derived_sample() -> list[dict[str, Any]]:
+    """A day and a half of 1,500 accounts with the derived-stage scenarios, 20 rounds."""
+    return list(
+        sim.generate(12, accounts=1_500, events=20_000, incident_every=1_000,
+                     scenarios=DERIVED_SCENARIOS)
+    )  # fmt: skip
 
 
 def labelled(events: list[dict[str, Any]], scenario: str) -> dict[str, list[dict[str, Any]]]:
@@ -169,18 +194,20 @@ def test_the_population_does_everything_the_contract_knows(sample):
     assert all("device_id" in e and "ip" in e for e in sample if e["event_type"] == "login")
 
 
-def test_every_event_follows_the_contract(sample):
-    problems = {e["event_id"]: p for e in sample if (p := contract_problems(e))}
+def test_every_event_follows_the_contract(sample, derived_sample):
+    problems = {
+        e["event_id"]: p for e in sample + derived_sample if (p := contract_problems(e))
+    }
     assert not problems
 
 
-def test_every_event_decodes_without_a_dead_letter(sample):
+def test_every_event_decodes_without_a_dead_letter(sample, derived_sample):
     if importlib.util.find_spec("streams.codec") is None:
         pytest.skip("streams/codec.py is not in this checkout yet: the decoder cannot be run")
     codec = importlib.import_module("streams.codec")
     decoder = codec.Decoder(pii_key=b"k", max_message_bytes=65536)
     dead = []
-    for event in sample:
+    for event in sample + derived_sample:
         decoded = decoder.decode(sim.encode(event), "t.payments", 0, 0)
         if not isinstance(decoded, Event):
             dead.append((event["event_id"], decoded.reason, decoded.detail))
@@ -411,12 +438,14 @@ def test_the_expected_detector_flags_each_scenario_through_the_worker_features(s
         for name, alerter in alerters.items():
             if name in ("velocity", "amount_outlier", "global_anomaly"):
                 continue  # their own tests cover them
+            if name in STAGE_DETECTORS:
+                continue  # they read a derived stage's features: see the backtests below
             key = (name, event.account_id)
             finding, states[key] = alerter.process_one(x, states.get(key))
             if name == expected:
                 total[scenario] += 1
                 caught[scenario] += finding is not None
-    per_account = set(sim.SCENARIOS) - {"velocity_burst", "amount_spike"}
+    per_account = set(ACCOUNT_SCENARIOS) - {"velocity_burst", "amount_spike"}
     assert set(total) == per_account
     for scenario in per_account:
         assert caught[scenario] >= 0.9 * total[scenario], (scenario, caught, total)
@@ -440,10 +469,280 @@ def test_labels_name_the_expected_detector_and_match_the_events(tmp_path, sample
         if "label" in e
     ]
     assert labels == expected
-    assert {label["scenario"] for label in labels} == set(sim.SCENARIOS)
-    # the derived-stage detectors (flow, identity, project) have no scenario yet
+    assert {label["scenario"] for label in labels} == set(ACCOUNT_SCENARIOS)
     assert {label["expected_detector"] for label in labels} == set(
         DEFAULT_CONFIG["detectors"]) - {"global_anomaly"} - set(STAGE_DETECTORS)
+    # every detector but the unsupervised global model has a scenario
+    assert {s.expected_detector for s in sim.SCENARIOS.values()} == set(
+        DEFAULT_CONFIG["detectors"]) - {"global_anomaly"}
+
+
+# -- the scenarios of the derived-stage detectors ----------------------------------------
+
+
+def shipped_detector(name: str) -> Any:
+    """The detector as the packaged configuration builds it (parameters as attributes)."""
+    (alerter,) = [a for a in build_alerters(DEFAULT_CONFIG) if a.name == name]
+    return alerter.detector
+
+
+def by_incident(events: list[dict[str, Any]], scenario: str) -> dict[str, list[dict[str, Any]]]:
+    """A scenario's labelled events by incident: its incident id, else its account."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        if event.get("label") == scenario:
+            found[event.get("incident", event["account_id"])].append(event)
+    return found
+
+
+def at(event: dict[str, Any]) -> datetime:
+    return parse_time(event["occurred_at"])
+
+
+def transfers_into(events: list[dict[str, Any]], account: str) -> list[dict[str, Any]]:
+    return [
+        e for e in events
+        if e["event_type"] == "transfer" and e.get("counterparty_id") == account
+    ]  # fmt: skip
+
+
+def opened_at(events: list[dict[str, Any]]) -> dict[str, datetime]:
+    return {e["account_id"]: at(e) for e in events if e["event_type"] == "account_opened"}
+
+
+def test_spanning_scenarios_label_one_incident_across_accounts(derived_sample):
+    for name in DERIVED_SCENARIOS:
+        spans = sim.SCENARIOS[name].spans_accounts
+        incidents = by_incident(derived_sample, name)
+        assert len(incidents) >= 15, name
+        for key, events in incidents.items():
+            ids = {e.get("incident") for e in events}
+            assert ids == ({key} if spans else {None}), name
+            assert all(sim.label_record(e).get("incident") == e.get("incident") for e in events)
+        if spans:
+            assert max(len({e["account_id"] for e in v}) for v in incidents.values()) > 1, name
+
+
+def in_ring_order(ring: list[dict[str, Any]]) -> bool:
+    """Whether each transfer, in event time, is made by the receiver of the one before."""
+    return all(a["counterparty_id"] == b["account_id"] for a, b in itertools.pairwise(ring))
+
+
+def test_laundering_ring_sends_money_round_a_ring_back_to_where_it_started(derived_sample):
+    cycle = shipped_detector("cycle")
+    lengths, out_of_order = set(), 0
+    for ring in by_incident(derived_sample, "laundering_ring").values():
+        assert {e["event_type"] for e in ring} == {"transfer"}
+        step = {e["account_id"]: e["counterparty_id"] for e in ring}
+        assert len(step) == len(ring) and set(step.values()) == set(step)  # one hop each
+        member, walked = ring[0]["account_id"], 0
+        while True:  # one ring through every member, not several small ones
+            member, walked = step[member], walked + 1
+            if member == ring[0]["account_id"]:
+                break
+        assert walked == len(ring)
+        assert cycle.min_ring <= len(ring) <= min(cycle.max_ring, 8)
+        assert at(ring[-1]) - at(ring[0]) <= timedelta(seconds=cycle.max_span_seconds)
+        amounts = [minor(e) for e in ring]
+        assert 300_000 * 0.95**7 <= min(amounts) <= max(amounts) <= 1_500_000
+        lengths.add(len(ring))
+        out_of_order += not in_ring_order(ring)
+    assert {3, 8} <= lengths
+    assert 0 < out_of_order < len(by_incident(derived_sample, "laundering_ring"))
+
+
+def test_scatter_gather_splits_one_accounts_money_and_recombines_it(derived_sample):
+    min_vias = shipped_detector("scatter_gather").min_vias
+    for gathered in by_incident(derived_sample, "scatter_gather").values():
+        (collector,) = {e["counterparty_id"] for e in gathered}
+        first = at(gathered[0])
+        # the intermediaries: who paid the collector within a day of the labelled transfers,
+        # having been paid by one origin shortly before
+        origins: Counter[str] = Counter()
+        for via in {e["account_id"] for e in transfers_into(derived_sample, collector)}:
+            paid = {
+                e["account_id"] for e in transfers_into(derived_sample, via)
+                if first - timedelta(days=1) <= at(e) <= first
+            }  # fmt: skip
+            origins.update(paid)
+        origin, vias = origins.most_common(1)[0]
+        assert min_vias <= vias <= min(min_vias + 3, 8)
+        scattered = {
+            e["counterparty_id"] for e in of_account(derived_sample, origin)
+            if e["event_type"] == "transfer"
+        }  # fmt: skip
+        recombined = [
+            e for e in transfers_into(derived_sample, collector) if e["account_id"] in scattered
+        ]  # fmt: skip
+        assert len(recombined) == vias
+        assert gathered == recombined[min_vias - 1 :]
+        assert at(recombined[-1]) - at(recombined[0]) <= timedelta(days=1)
+
+
+def test_gather_scatter_hub_collects_from_many_then_pays_many(derived_sample):
+    hub_limits = shipped_detector("gather_scatter")
+    fan_out_limit = shipped("fan_out")["min_distinct"]
+    opened = opened_at(derived_sample)
+    for hub, flagged in labelled(derived_sample, "gather_scatter").items():
+        incoming = transfers_into(derived_sample, hub)
+        outgoing = [e for e in of_account(derived_sample, hub) if e["event_type"] == "transfer"]
+        senders = {e["account_id"] for e in incoming}
+        receivers = [e["counterparty_id"] for e in outgoing]
+        assert hub_limits.min_in <= len(senders) == len(incoming) <= hub_limits.min_in + 3
+        assert hub_limits.min_out <= len(set(receivers)) == len(receivers) < fan_out_limit
+        assert opened[hub] < at(incoming[0]) and at(incoming[-1]) < at(outgoing[0])
+        assert all(r in opened for r in receivers)  # accounts opened to be paid
+        assert at(outgoing[-1]) - at(incoming[0]) <= timedelta(days=3)
+        assert flagged == outgoing[hub_limits.min_out - 1 :]
+        assert 0.9 * sum(map(minor, incoming)) <= sum(map(minor, outgoing))
+
+
+def test_fan_in_is_many_strangers_paying_one_new_account_within_a_day(derived_sample):
+    max_senders = shipped_detector("fan_in").max_senders
+    opened = opened_at(derived_sample)
+    for flagged in by_incident(derived_sample, "fan_in").values():
+        (collector,) = {e["counterparty_id"] for e in flagged}
+        paid = transfers_into(derived_sample, collector)
+        assert max_senders <= len({e["account_id"] for e in paid}) == len(paid) < 32
+        assert flagged == paid[max_senders - 1 :]
+        assert opened[collector] < at(paid[0])
+        assert at(paid[-1]) - at(paid[0]) <= timedelta(hours=16)
+        assert [e["event_type"] for e in of_account(derived_sample, collector)] == [
+            "account_opened"
+        ]
+
+
+def test_shared_identity_opens_accounts_with_one_device_or_one_national_id(derived_sample):
+    limits = shipped_detector("identity_reuse").min_accounts
+    openings = [e for e in derived_sample if e["event_type"] == "account_opened"]
+    kinds: Counter[str] = Counter()
+    for flagged in by_incident(derived_sample, "shared_identity").values():
+        assert {e["event_type"] for e in flagged} == {"account_opened"}
+        groups = {
+            kind: [e for e in openings if e[kind] == flagged[0][kind]]
+            for kind in ("device_id", "national_id")
+        }  # fmt: skip
+        (kind,) = [kind for kind, group in groups.items() if len(group) > 1]
+        group = groups[kind]
+        assert len({e["account_id"] for e in group}) == len(group)
+        limit = limits[kind]
+        assert limit <= len(group) <= limit + 3
+        assert flagged == group[limit - 1 :]
+        if kind == "national_id":
+            assert len({e["phone"] for e in group}) == 1
+            assert len({e["device_id"] for e in group}) == len(group)
+        else:
+            assert len({e["national_id"] for e in group}) == len(group)
+        kinds[kind] += 1
+    assert kinds["device_id"] > kinds["national_id"] > 0
+
+
+def test_loan_stacking_is_loan_after_loan_within_days(derived_sample):
+    max_applications = shipped_detector("loan_stacking").max_applications
+    for account, flagged in labelled(derived_sample, "loan_stacking").items():
+        applied = [
+            e for e in of_account(derived_sample, account) if e["event_type"] == "loan_application"
+        ]  # fmt: skip
+        assert max_applications <= len(applied) <= max_applications + 2, account
+        assert flagged == applied[max_applications - 1 :]
+        assert len({e["loan_id"] for e in applied}) == len(applied)
+        assert len({(e["national_id"], e["phone"]) for e in applied}) == 1
+        assert at(applied[-1]) - at(applied[0]) <= timedelta(days=3)
+
+
+def project_events(events: list[dict[str, Any]], project: str) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("project_id") == project]
+
+
+def test_pledge_churn_refunds_the_backers_of_a_new_project(derived_sample):
+    churn = shipped_detector("pledge_churn")
+    sybil_limit = shipped_detector("suspicious_pledging").min_pledges
+    for refunds in by_incident(derived_sample, "pledge_churn").values():
+        (project,) = {e["project_id"] for e in refunds}
+        events = project_events(derived_sample, project)
+        pledges = [e for e in events if e["event_type"] == "pledge"]
+        refunded = [e for e in events if e["event_type"] == "pledge_refund"]
+        assert len({e["account_id"] for e in pledges}) == len(pledges) < sybil_limit
+        pledged = {e["account_id"]: e["amount"] for e in pledges}
+        assert all(pledged[e["account_id"]] == e["amount"] for e in refunded)
+        assert at(pledges[-1]) + timedelta(days=1) <= at(refunded[0])
+        reaching = next(
+            k for k in range(1, len(refunded) + 1)
+            if k >= churn.min_refunds and k / len(pledges) >= churn.min_churn_ratio
+        )  # fmt: skip
+        assert refunds == refunded[reaching - 1 :]
+
+
+def test_sybil_pledging_backs_a_new_project_with_accounts_opened_for_it(derived_sample):
+    min_pledges = shipped_detector("suspicious_pledging").min_pledges
+    opened = opened_at(derived_sample)
+    for flagged in by_incident(derived_sample, "sybil_pledging").values():
+        (project,) = {e["project_id"] for e in flagged}
+        pledges = project_events(derived_sample, project)
+        assert {e["event_type"] for e in pledges} == {"pledge"}
+        assert min_pledges <= len({e["account_id"] for e in pledges}) == len(pledges)
+        assert flagged == pledges[min_pledges - 1 :]
+        for pledge in pledges:
+            since = at(pledge) - opened[pledge["account_id"]]
+            assert timedelta(0) < since <= timedelta(minutes=30)
+        assert max(Counter(e["device_id"] for e in pledges).values()) <= 3
+        assert at(pledges[-1]) - at(pledges[0]) <= timedelta(days=1, minutes=30)
+
+
+def test_payout_after_sybil_pledges_takes_the_money_out_within_hours(derived_sample):
+    payout_rule = shipped_detector("suspicious_payout")
+    sybil_limit = shipped_detector("suspicious_pledging").min_pledges
+    opened = opened_at(derived_sample)
+    for owner, (payout,) in labelled(derived_sample, "payout_after_sybil_pledges").items():
+        assert payout["event_type"] == "project_payout"
+        pledges = project_events(derived_sample, payout["project_id"])[:-1]
+        assert {e["event_type"] for e in pledges} == {"pledge"}
+        assert payout_rule.min_pledges <= len(pledges) < sybil_limit
+        assert all(e["account_id"] in opened and e["counterparty_id"] == owner for e in pledges)
+        assert minor(payout) == sum(map(minor, pledges))
+        delay = at(payout) - at(pledges[-1])
+        assert timedelta(hours=2) <= delay <= timedelta(hours=36)
+
+
+@pytest.mark.parametrize("scenario", DERIVED_SCENARIOS)
+def test_the_expected_derived_stage_detector_catches_every_incident_offline(tmp_path, scenario):
+    """Through the worker's code offline (the backtest runs the derived stages in line):
+    every incident is caught by its detector, and on this small population nothing else
+    makes that detector alert."""
+    evaluation = importlib.import_module("streams.evaluation")
+    path = tmp_path / "events.jsonl"
+    traffic = sim.generate(
+        5, accounts=300, events=1_500, scenarios=[scenario], first_incident_at=50,
+        incident_every=500,
+    )  # fmt: skip
+    sim.write_jsonl(traffic, path)
+    result = evaluation.backtest(path, settings=Settings())
+    (row,) = [r for r in result.scenarios if r.scenario == scenario]
+    assert row.incidents == traffic.incidents[scenario] == 3
+    assert row.recall == 1.0
+    (detector,) = [d for d in result.detectors if d.detector == row.expected_detector]
+    assert detector.alerts >= row.incidents
+    assert detector.precision == 1.0
+
+
+def test_rings_of_every_length_in_any_order_are_caught_offline(tmp_path):
+    evaluation = importlib.import_module("streams.evaluation")
+    events, labels = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
+    traffic = sim.generate(
+        3, accounts=500, events=6_000, scenarios=["laundering_ring"], first_incident_at=50,
+        incident_every=300,
+    )  # fmt: skip
+    sim.write_jsonl(traffic, events, labels_path=labels)
+    rings = by_incident([orjson.loads(line) for line in events.read_bytes().splitlines()],
+                        "laundering_ring")  # fmt: skip
+    assert {len(ring) for ring in rings.values()} == set(range(3, 9))
+    assert 0 < sum(not in_ring_order(ring) for ring in rings.values()) < len(rings)
+    for result in (
+        evaluation.backtest(events, settings=Settings()),
+        evaluation.backtest(events, settings=Settings(), labels=evaluation.load_labels(labels)),
+    ):
+        (row,) = result.scenarios
+        assert (row.incidents, row.recall) == (len(rings), 1.0)
 
 
 def test_an_event_budget_is_exact_and_never_cuts_an_incident_short():
