@@ -211,6 +211,23 @@ class StageAgent:
         await asyncio.gather(*written)
 
 
+def hold_fetching_until_seek(app: Any) -> None:
+    """Stop fetching until Faust has sought the input partitions to their committed offsets.
+
+    Called from ``on_rebalance_complete``. After that signal Faust 0.15 resumes
+    the input partitions, awaits the seek to the committed offsets, then clears
+    the agents' queues (``flow_control.resume()``) and resumes the flow. Table
+    recovery has already turned the flow on, so messages fetched during the
+    seek reach the agents, and the clear drops the ones still queued; the
+    consumer takes the jump in offsets for a gap (as after compaction) and
+    commits past them: events lost, velocity counters behind (issue #6). The
+    replay guard cannot bring them back: their accounts' offsets have moved on.
+    With the flow stopped here, nothing is fetched until Faust resumes it after
+    the seek and the clear.
+    """
+    app.consumer.stop_flow()
+
+
 def attach_agent(runtime: Runtime) -> MonitorAgent:
     """Register the monitor agent, the lag timer and rebalance hooks on the app."""
     app = runtime.app
@@ -243,6 +260,7 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
 
     @app.on_rebalance_complete.connect
     async def on_complete(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        hold_fetching_until_seek(app)
         agent.on_recovered()
 
     return agent

@@ -68,11 +68,6 @@ def assert_all_checks_hold(run: faults.RunReport, worker_logs: str) -> None:
     assert run.dead_letter_records >= run.dead_letters_expected
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "failed once in the last fresh-clone CI run (4 of ~300 expected alerts missing, "
-    "account states behind the recount): Faust's pre-commit producer flush can return "
-    "before its buffer is empty, so offsets could be committed ahead of the changelog. "
-    "The agents now await their changelog writes; not yet confirmed by a CI run"))
 async def test_sigkill_at_random_moments_loses_and_changes_nothing(
         kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     """25,000 events at 300/s; SIGKILL five times at random moments, restarting each time."""
@@ -138,10 +133,6 @@ async def test_worker_reconnects_by_itself_after_a_broker_restart(
     assert_all_checks_hold(run, worker.log_tail())
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "failed in the last fresh-clone CI run: 4 accounts' velocity counters differed from the "
-    "recount after a second worker joined and left (state handed over with its partitions "
-    "lost or repeated events); it passed in the two runs before. Open bug, see issue #6"))
 async def test_state_moves_with_partitions_when_a_second_worker_joins_and_leaves(
         kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     """Worker B joins at a quarter of the stream and leaves at two thirds."""
