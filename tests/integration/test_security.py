@@ -102,10 +102,6 @@ def run_worker_to_exit(env: dict[str, str], timeout: float) -> tuple[int, str, f
     return result.returncode, output, time.monotonic() - started
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "failed in the last fresh-clone CI run after the rules, feedback and portfolio "
-    "consumers were wired in: the worker crashed at start over SASL_SSL; their consumers "
-    "now take settings.kafka_client(), but the admin helpers they call do not yet"))
 async def test_worker_works_over_sasl_ssl_with_credentials_from_the_environment(
         secure_broker: SecureBroker, topic_prefix: str, tmp_path: Path) -> None:
     env = secure_broker.worker_env(topic_prefix, tmp_path)
