@@ -29,7 +29,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 Features = Mapping[str, Any]
 S = TypeVar("S")
@@ -104,6 +104,10 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
         """Reasons a person understands, with the numbers behind ``score``."""
 
 
+#: Whether a detector class is keyed, by class (see ``ThresholdAlerter.process_one``).
+_KEYED: dict[type, bool] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """A detector's decision that an event deserves an alert."""
@@ -160,27 +164,38 @@ class ThresholdAlerter(_Parametrised):
 
         ``state`` is used only by keyed detectors; global ones return it unchanged.
         """
+        # Runs once per detector per event: no closure, and the explanation is
+        # built only for a finding.
         detector = self.detector
-        if isinstance(detector, KeyedDetector):
+        kind = type(detector)
+        keyed = _KEYED.get(kind)
+        if keyed is None:  # isinstance on an ABC costs a Python call: once per class
+            keyed = _KEYED[kind] = isinstance(detector, KeyedDetector)
+        if keyed:
+            per_account = cast("KeyedDetector[Any]", detector)
             if state is None:
-                state = detector.new_state()
-            score = detector.score_one(x, state)
+                state = per_account.new_state()
+            score = per_account.score_one(x, state)
             self.last_score = score
-            finding = self._decide(score, lambda: detector.explain_one(x, state, score))
-            if finding is None or self.learn_flagged:
-                state = detector.learn_one(x, state)
+            if score < self.threshold:
+                return None, per_account.learn_one(x, state)
+            finding = self._finding(score, per_account.explain_one(x, state, score))
+            if self.learn_flagged:
+                state = per_account.learn_one(x, state)
             return finding, state
-        score = detector.score_one(x)
+        whole_stream = cast("Detector", detector)
+        score = whole_stream.score_one(x)
         self.last_score = score
-        finding = self._decide(score, lambda: detector.explain_one(x, score))
-        if finding is None or self.learn_flagged:
-            detector.learn_one(x)
+        if score < self.threshold:
+            whole_stream.learn_one(x)
+            return None, state
+        finding = self._finding(score, whole_stream.explain_one(x, score))
+        if self.learn_flagged:
+            whole_stream.learn_one(x)
         return finding, state
 
-    def _decide(self, score: float, explain: Any) -> Finding | None:
-        if score < self.threshold:
-            return None
+    def _finding(self, score: float, reasons: list[str]) -> Finding:
         severity = self.severity
         if self.critical_threshold is not None and score >= self.critical_threshold:
             severity = "critical"
-        return Finding(self.name, float(score), severity, tuple(explain()))
+        return Finding(self.name, float(score), severity, tuple(reasons))

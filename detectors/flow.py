@@ -605,8 +605,14 @@ class FlowSketch:
         if excess <= 0:
             return
         # Oldest path first; among equally old, the farthest.
-        order = ((entry[_FIRST], -entry[_HOPS], key) for key, entry in table.items())
-        for _, _, key in [min(order)] if excess == 1 else heapq.nsmallest(excess, order):
+        if excess == 1:  # the usual case once a table is full: one pass, tuples for ties only
+            oldest = min([entry[_FIRST] for entry in table.values()])
+            _, key = min([(-entry[_HOPS], key) for key, entry in table.items()
+                          if entry[_FIRST] == oldest])
+            del table[key]
+            return
+        order = [(entry[_FIRST], -entry[_HOPS], key) for key, entry in table.items()]
+        for _, _, key in heapq.nsmallest(excess, order):
             del table[key]
 
     def _add_sender(self, sender: str, ts: int, amount: int) -> None:
@@ -684,16 +690,31 @@ class FlowSketch:
         """Merge the receiver's destinations one hop further; the keys that changed."""
         assert self.account_id is not None
         mine = stable_hash(self.account_id)
+        params = self.params
+        max_ring, path_hops = params.max_ring, params.path_hops
+        window, refresh = params.window_seconds, params.refresh_seconds
+        dests = self.dests
         changed = []
+        # The merge of _merge, inlined: this loop runs over up to K + 1 entries per back
+        # or relay record, the stage's hottest loop.
         for key, hops, first, last, low in carried:
-            new_hops, new_first, new_last = hops + 1, min(first, ts), max(last, ts)
-            limit = self.params.max_ring if key == mine else self.params.path_hops
-            if new_hops > limit or new_last - new_first > self.params.window_seconds:
+            new_hops = hops + 1
+            if new_hops > (max_ring if key == mine else path_hops):
                 continue
-            if self._merge(self.dests, key, [new_hops, new_first, new_last, min(low, receiver)]):
+            new_first = min(first, ts)
+            new_last = max(last, ts)
+            if new_last - new_first > window:
+                continue
+            old = dests.get(key)
+            if old is None or new_hops < old[_HOPS]:
+                dests[key] = [new_hops, new_first, new_last, min(low, receiver)]
                 changed.append(key)
-        self._evict(self.dests)
-        return [key for key in changed if key in self.dests]
+            elif new_hops == old[_HOPS] and new_first > old[_FIRST]:
+                dests[key] = [new_hops, new_first, new_last, min(low, receiver)]
+                if new_first - old[_FIRST] >= refresh:
+                    changed.append(key)
+        self._evict(dests)
+        return [key for key in changed if key in dests]
 
     def _sender_names(self) -> dict[int, str]:
         return {stable_hash(account): account for account in self.senders}
@@ -703,7 +724,18 @@ class FlowSketch:
 
     def _is_hub(self) -> bool:
         degree = self.params.hub_degree
-        return len(self.senders) >= degree or sum(1 for _ in self._receivers()) >= degree
+        if len(self.senders) >= degree:
+            return True
+        if len(self.dests) < degree:  # receivers are some of the destinations
+            return False
+        # asked for every edge and back record: count receivers only as far as needed
+        receivers = 0
+        for entry in self.dests.values():
+            if entry[_HOPS] == 1:
+                receivers += 1
+                if receivers >= degree:
+                    return True
+        return False
 
     # -- internals: rings ---------------------------------------------------------------------
 
@@ -786,7 +818,8 @@ class FlowSketch:
                 "sender": account,
                 "receiver": self.account_id,
                 "amount_minor": sent_amount,
-                "receiver_dests": [list(entry) for entry in payload],
+                # fresh lists made above, never the sketch's own: shared, not copied, by relays
+                "receiver_dests": payload,
                 "cycle_length": reported,
             })  # fmt: skip
         return relays
@@ -847,7 +880,10 @@ class FlowSketch:
         senders = {
             account for account, entry in self.senders.items() if abs(entry[_TS] - ts) <= reach
         }
-        receivers = {key for key, entry in self._receivers() if abs(entry[_LAST] - ts) <= reach}
+        receivers = {
+            key for key, entry in self.dests.items()
+            if entry[_HOPS] == 1 and abs(entry[_LAST] - ts) <= reach
+        }
         if sender is not None:
             senders.add(sender)
         if receiver is not None:

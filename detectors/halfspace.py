@@ -131,6 +131,16 @@ class GlobalAnomaly(Detector):
         self._counts = [0] * (len(_COUNT_EDGES) + 1)
         self._distinct = [0] * (len(_DISTINCT_EDGES) + 1)
         self._hours = [0] * 24
+        # score_one and learn_one see the same event in turn: scale its features once
+        self._scaled_key: tuple[Any, ...] | None = None
+        self._scaled: dict[str, float] | None = None
+
+    def _features(self, x: Features) -> dict[str, float] | None:
+        key = (x.get("amount_minor"), x.get("count_1h"), x.get("distinct_cp_24h"), x.get("hour"))
+        if key != self._scaled_key:
+            self._scaled_key = key
+            self._scaled = _scaled_features(x)
+        return self._scaled
 
     def _new_model(self) -> Any:
         # Imported here: river pulls in scipy (about a second), which the CLI and
@@ -142,7 +152,7 @@ class GlobalAnomaly(Detector):
         )
 
     def learn_one(self, x: Features) -> None:
-        features = _scaled_features(x)
+        features = self._features(x)
         if features is None or len(features) < len(FEATURE_BOUNDS):
             return
         self._model.learn_one(features)
@@ -155,7 +165,7 @@ class GlobalAnomaly(Detector):
     def score_one(self, x: Features) -> float:
         if self._learned < self.warmup:
             return 0.0
-        features = _scaled_features(x)
+        features = self._features(x)
         if features is None:
             return 0.0
         return float(self._model.score_one(features))
@@ -258,15 +268,26 @@ def _scaled_features(x: Features) -> dict[str, float] | None:
         features["distinct_cp_24h"] = _scale("distinct_cp_24h", math.log1p(distinct))
     hour = x.get("hour")
     if hour is not None:
-        angle = 2.0 * math.pi * hour / 24.0
-        features["hour_sin"] = _scale("hour_sin", math.sin(angle))
-        features["hour_cos"] = _scale("hour_cos", math.cos(angle))
+        scaled = _HOUR_SCALED.get(hour)
+        if scaled is None:
+            angle = 2.0 * math.pi * hour / 24.0
+            scaled = (_scale("hour_sin", math.sin(angle)), _scale("hour_cos", math.cos(angle)))
+            if len(_HOUR_SCALED) < _MAX_HOURS_CACHED:
+                _HOUR_SCALED[hour] = scaled
+        features["hour_sin"], features["hour_cos"] = scaled
     return features
 
 
+#: ``(low, high - low)`` of each feature, computed once.
+_SPANS: Final = {name: (low, high - low) for name, (low, high) in FEATURE_BOUNDS.items()}
+#: Scaled ``(hour_sin, hour_cos)`` by hour: 24 values in practice, bounded for odd input.
+_HOUR_SCALED: dict[Any, tuple[float, float]] = {}
+_MAX_HOURS_CACHED: Final = 256
+
+
 def _scale(feature: str, value: float) -> float:
-    low, high = FEATURE_BOUNDS[feature]
-    scaled = (value - low) / (high - low)
+    low, span = _SPANS[feature]
+    scaled = (value - low) / span
     return 0.0 if scaled < 0.0 else 1.0 if scaled > 1.0 else scaled
 
 

@@ -102,6 +102,8 @@ def optional_int(x_value: Any) -> int | None:
     Features come from the worker, but a detector must not raise on a sparse
     or odd mapping (see :func:`detectors.checks.check_missing_optional_fields`).
     """
+    if type(x_value) is int:  # the usual case, decided without two isinstance calls
+        return x_value
     if isinstance(x_value, bool) or not isinstance(x_value, int):
         return None
     return x_value

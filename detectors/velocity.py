@@ -66,15 +66,21 @@ class VelocityLimits(Detector):
     def __init__(self, limits: Mapping[str, Mapping[str, int]]) -> None:
         self.limits = limits
         self._checks = _validated_checks(limits)
+        # (feature, limit, the count a sum limit needs at 2 or more, else None)
+        self._scored = tuple(
+            (feature, limit, f"count_{window}" if measure == "sum" else None)
+            for feature, limit, window, measure in self._checks
+        )
 
     def score_one(self, x: Features) -> float:
         amount = x.get("amount_minor") or 0
         if amount <= 0 or not x.get("is_outflow", True):
             return 0.0
         score = 0.0
-        for feature, limit, window, measure in self._checks:
+        # _applies inlined: this loop runs for every payment
+        for feature, limit, count_feature in self._scored:
             observed = x.get(feature)
-            if observed and _applies(x, window, measure):
+            if observed and (count_feature is None or (x.get(count_feature) or 0) >= 2):
                 ratio = observed / limit
                 if ratio > score:
                     score = _exact_ratio(observed, limit, ratio)

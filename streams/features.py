@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.events import INFLOW_TYPES, OUTFLOW_TYPES, Event
+from streams.events import INFLOW_TYPES, OUTFLOW_TYPES, PII_FIELDS, Event
 from streams.state import AccountState
 
 #: Type-specific fields passed to detectors as they are, when present.
 ATTRIBUTE_FEATURES = ("loan_id", "project_id", "due_date", "kind", "status", "days_past_due",
                       "term_months", "age_band", "dealer", "outstanding")
+#: Feature names of the personal-field hashes, made once rather than per event.
+_HASH_NAMES = {name: name + "_hash" for name in PII_FIELDS}
 
 
 def observe(event: Event, state: AccountState) -> dict[str, Any]:
@@ -45,10 +47,11 @@ def observe(event: Event, state: AccountState) -> dict[str, Any]:
     x["channel"] = event.channel
     x["merchant_id"] = event.merchant_id
     for name, digest in event.pii.items():
-        x[name + "_hash"] = digest
+        x[_HASH_NAMES.get(name) or name + "_hash"] = digest
     attributes = event.attributes
-    for name in ATTRIBUTE_FEATURES:
-        value = attributes.get(name)
-        if value is not None:
-            x[name] = value
+    if attributes:
+        for name in ATTRIBUTE_FEATURES:
+            value = attributes.get(name)
+            if value is not None:
+                x[name] = value
     return x

@@ -114,6 +114,11 @@ class PrometheusSensor(Sensor):
             for t in (*sorted(EVENT_TYPES), "unknown")
             for o in ("processed", "duplicate", "dead_letter")
         }
+        # Label children by label values, made on first use (detectors come from
+        # configuration, which can change at run time).
+        self._score_children: dict[str, Histogram] = {}
+        self._alert_children: dict[tuple[str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
 
     def on_event(self, event: Event, outcome: str) -> None:
         key = (event.event_type if event.event_type in EVENT_TYPES else "unknown", outcome)
@@ -122,13 +127,26 @@ class PrometheusSensor(Sensor):
             child.inc()
 
     def on_score(self, detector: str, score: float) -> None:
-        self.scores.labels(detector=detector).observe(score)
+        # labels() takes a lock and builds a key per call; this runs per scored event
+        child = self._score_children.get(detector)
+        if child is None:
+            child = self._score_children[detector] = self.scores.labels(detector=detector)
+        child.observe(score)
 
     def on_alert(self, alert: Alert, source_timestamp: float | None) -> None:
-        self.alerts.labels(detector=alert.detector, severity=alert.severity).inc()
+        key = (alert.detector, alert.severity)
+        child = self._alert_children.get(key)
+        if child is None:
+            child = self._alert_children[key] = self.alerts.labels(
+                detector=alert.detector, severity=alert.severity)
+        child.inc()
         if source_timestamp is not None:
             latency = max(0.0, time.time() - source_timestamp)
-            self.event_to_alert.labels(detector=alert.detector).observe(latency)
+            latency_child = self._latency_children.get(alert.detector)
+            if latency_child is None:
+                latency_child = self._latency_children[alert.detector] = (
+                    self.event_to_alert.labels(detector=alert.detector))
+            latency_child.observe(latency)
 
     def on_dead_letter(self, dead_letter: DeadLetter) -> None:
         self.dead_letters.labels(reason=dead_letter.reason).inc()

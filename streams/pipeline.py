@@ -11,6 +11,7 @@ can write each of them once per batch.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -93,11 +94,21 @@ class Monitor:
         self.cooldown_seconds = dict(
             DEFAULT_COOLDOWN_SECONDS if cooldown_seconds is None else cooldown_seconds
         )
+        self._plan_of: list[ThresholdAlerter] | None = None
+        self._plan_cache: list[tuple[ThresholdAlerter, str, bool]] = []
 
     def reconfigure(self, alerters: Sequence[ThresholdAlerter], config_version: str) -> None:
         """Swap the detector set between two events (no restart)."""
         self.alerters = list(alerters)
         self.config_version = config_version
+
+    def _plan(self) -> list[tuple[ThresholdAlerter, str, bool]]:
+        """``(alerter, name, is the wallet detector)`` per alerter, rebuilt when they change."""
+        alerters = self.alerters
+        if self._plan_of is not alerters or len(self._plan_cache) != len(alerters):
+            self._plan_cache = [(a, a.name, a.name == PRECIPITATED_FUNDS) for a in alerters]
+            self._plan_of = alerters
+        return self._plan_cache
 
     def process(self, raw: bytes | None, states: MutableMapping[Any, AccountState], *,
                 topic: str | None = None, partition: int | None = None,
@@ -131,10 +142,11 @@ class Monitor:
         event = decoded
         written = source_timestamp
         if written is None:
-            written = (now or datetime.now(UTC)).timestamp()
-        if event.occurred_at.timestamp() > written + MAX_FUTURE_SECONDS:
+            written = now.timestamp() if now is not None else time.time()
+        occurred = event.occurred_at.timestamp()
+        if occurred > written + MAX_FUTURE_SECONDS:
             # one far-future event would move the account's clock and blind its windows
-            ahead = event.occurred_at.timestamp() - written
+            ahead = occurred - written
             dead = self.decoder.reject(
                 "timestamp", f"occurred_at {event.occurred_at.isoformat()} is {ahead:,.0f} s "
                 f"after the message was written (at most {MAX_FUTURE_SECONDS:,} s allowed)",
@@ -151,23 +163,26 @@ class Monitor:
             return Outcome(event=event, duplicate=True)
 
         x = observe(event, state)
-        detected_at = now or datetime.now(UTC)
-        ts = int(event.occurred_at.timestamp())
+        detected_at = now
+        ts = int(occurred)
         alerts: list[Alert] = []
-        for alerter in self.alerters:
-            name = alerter.name
-            before = state.detectors.get(name)
-            wallet_before = balance_minor(before) if name == PRECIPITATED_FUNDS else 0
+        detectors = state.detectors
+        sensor = self.sensor
+        for alerter, name, wallet in self._plan():
+            before = detectors.get(name)
+            if wallet:
+                wallet_before = balance_minor(before)
             finding, new_state = alerter.process_one(x, before)
-            if name == PRECIPITATED_FUNDS:
+            if wallet:
                 limit = alerter.detector.balance_limit_minor  # type: ignore[union-attr]
                 wallet_after = balance_minor(new_state)
-                self.sensor.on_wallet(wallet_after - wallet_before,
-                                      int(wallet_after > limit) - int(wallet_before > limit))
+                sensor.on_wallet(wallet_after - wallet_before,
+                                 int(wallet_after > limit) - int(wallet_before > limit))
             if new_state is not None:
-                state.detectors[name] = new_state
-            if alerter.last_score > 0.0:  # the zero scores of most events would drown the rest
-                self.sensor.on_score(name, alerter.last_score)
+                detectors[name] = new_state
+            score = alerter.last_score
+            if score > 0.0:  # the zero scores of most events would drown the rest
+                sensor.on_score(name, score)
             if finding is None:
                 continue
             if ts < state.quiet_until.get(name, 0):
@@ -175,11 +190,13 @@ class Monitor:
             cooldown = self.cooldown_seconds.get(name, 0)
             if cooldown:
                 state.quiet_until[name] = ts + cooldown
+            if detected_at is None:
+                detected_at = datetime.now(UTC)
             alert = Alert.from_finding(finding, event, detected_at, self.config_version)
             if self.ranker is not None:
                 alert = replace(alert, feedback_probability=self.ranker(alert))
             alerts.append(alert)
-            self.sensor.on_alert(alert, source_timestamp)
+            sensor.on_alert(alert, source_timestamp)
         state.mark(event.event_id, topic, offset)
         self.sensor.on_event(event, "processed")
         forwards = self.derive(event, x) if self.derive is not None else []

@@ -192,14 +192,21 @@ class DerivedStage:
             del entry.recent_ids[0]
         alerts: list[Alert] = []
         if features is not None:
-            detected_at = now or datetime.now(UTC)
-            event = _event_of(record, features)
+            # built on the first finding: most records raise none
+            detected_at = now
+            event: Event | None = None
+            sensor = self.sensor
             for alerter in self.alerters:
                 finding, _ = alerter.process_one(features)
-                if alerter.last_score > 0.0:
-                    self.sensor.on_score(alerter.name, alerter.last_score)
+                score = alerter.last_score
+                if score > 0.0:
+                    sensor.on_score(alerter.name, score)
                 if finding is None:
                     continue
+                if event is None:
+                    event = _event_of(record, features)
+                if detected_at is None:
+                    detected_at = datetime.now(UTC)
                 alert = Alert.from_finding(finding, event, detected_at, self.config_version)
                 if self.ranker is not None:
                     alert = replace(alert, feedback_probability=self.ranker(alert))
