@@ -28,7 +28,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 Features = Mapping[str, Any]
@@ -103,6 +103,14 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
     def explain_one(self, x: Features, state: S, score: float) -> list[str]:
         """Reasons a person understands, with the numbers behind ``score``."""
 
+    # A detector whose finding is about something other than the event at hand (a
+    # loan completed by whichever of two topics' events arrives last) may define
+    #
+    #     def anchor_one(self, x, state) -> tuple[str | None, tuple[str, ...]]
+    #
+    # returning the finding's ``key`` and ``evidence`` (see :class:`Finding`); it is
+    # called only for a finding, before ``learn_one``.
+
 
 #: Whether a detector class is keyed, by class (see ``ThresholdAlerter.process_one``).
 _KEYED: dict[type, bool] = {}
@@ -116,6 +124,12 @@ class Finding:
     score: float
     severity: str
     reasons: tuple[str, ...]
+    #: What the finding is about when that is not the event being processed (a
+    #: loan, say): the alert id is derived from it, so that the same finding
+    #: reached through events arriving in another order keeps one id.
+    key: str | None = None
+    #: Events the finding rests on besides the one being processed.
+    evidence: tuple[str, ...] = ()
 
 
 class ThresholdAlerter(_Parametrised):
@@ -180,6 +194,10 @@ class ThresholdAlerter(_Parametrised):
             if score < self.threshold:
                 return None, per_account.learn_one(x, state)
             finding = self._finding(score, per_account.explain_one(x, state, score))
+            anchor = getattr(per_account, "anchor_one", None)
+            if anchor is not None:
+                key, evidence = anchor(x, state)
+                finding = replace(finding, key=key, evidence=evidence)
             if self.learn_flagged:
                 state = per_account.learn_one(x, state)
             return finding, state

@@ -22,8 +22,10 @@ MAX_CASH_OUTS: Final = 8
 #: Characters of a loan id kept in the state and shown in reasons.
 LOAN_ID_CHARS: Final = 64
 
-# One loan: [loan_id, disbursed_ts, principal_minor, due_ts, taken_minor, stage].
-_ID, _DISBURSED, _PRINCIPAL, _DUE, _TAKEN, _STAGE = range(6)
+# One loan: [loan_id, disbursed_ts, principal_minor, due_ts, taken_minor, stage], plus,
+# while it is PAST_DUE, the id of the event that found it past due (the alert's evidence
+# when a late cash-out completes it).
+_ID, _DISBURSED, _PRINCIPAL, _DUE, _TAKEN, _STAGE, _PAST_DUE_EVENT = range(7)
 # State: [loans, cash_outs]; one cash-out: [ts, amount_minor].
 _LOANS, _CASH_OUTS = range(2)
 
@@ -242,6 +244,7 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
         stage = loan[_STAGE] if len(loan) > _STAGE else OPEN
         if stage == SETTLED:
             return loan, None
+        found_by = loan[_PAST_DUE_EVENT] if len(loan) > _PAST_DUE_EVENT else None
         loan = [*loan[:_STAGE], stage]
         due = loan[_DUE]
         if self._repays(x, loan) and (stage == OPEN or ts < due):
@@ -259,6 +262,8 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
             # Past due, not (yet) cashed out: cash-outs from before the due time may
             # still come, until the bound says every one of them has arrived.
             loan[_STAGE] = SETTLED if ts >= due + self.max_topic_lag_seconds else PAST_DUE
+            if loan[_STAGE] == PAST_DUE:
+                loan.append(found_by if found_by is not None else str(x.get("event_id") or ""))
         return loan, None
 
     def _reported(self, x: Features, state: list[list[list[Any]]]) -> list[tuple[list[Any], str]]:
@@ -272,6 +277,30 @@ class BorrowAndVanish(KeyedDetector[list[list[list[Any]]]]):
             if by is not None:
                 reported.append((after, by))
         return reported
+
+    def anchor_one(self, x: Features,
+                   state: list[list[list[Any]]]) -> tuple[str | None, tuple[str, ...]]:
+        """The loan(s) a finding is about, and the event that found a loan past due.
+
+        The alert id is derived from the loan, not from the event that completed
+        the evidence, so it is the same in every interleaving of the two topics;
+        when a late cash-out completes it, the past-due event is its evidence.
+        """
+        ts = optional_int(x.get("ts"))
+        if ts is None:
+            return None, ()
+        loans: list[str] = []
+        evidence: list[str] = []
+        for loan in state[_LOANS]:
+            _, by = self._advance(x, loan, ts)
+            if by is None:
+                continue
+            loans.append(loan[_ID])
+            if by == _BY_CASH_OUT and len(loan) > _PAST_DUE_EVENT and loan[_PAST_DUE_EVENT]:
+                evidence.append(str(loan[_PAST_DUE_EVENT]))
+        if not loans:
+            return None, ()
+        return "loan:" + "+".join(sorted(loans)), tuple(evidence)
 
     def score_one(self, x: Features, state: list[list[list[Any]]]) -> float:
         return max((self._share(loan) for loan, _ in self._reported(x, state)), default=0.0)

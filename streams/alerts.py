@@ -19,10 +19,16 @@ from detectors.base import Finding
 from streams.events import Event, minor_to_decimal
 
 
-def alert_id_for(detector: str, event_id: str) -> str:
-    """``sha256(detector, event_id)``, first 32 hex characters."""
-    digest = hashlib.sha256(f"{detector}\x1f{event_id}".encode()).hexdigest()
-    return digest[:32]
+def alert_id_for(detector: str, event_id: str, scope: str | None = None) -> str:
+    """``sha256(detector, event_id[, scope])``, first 32 hex characters.
+
+    ``event_id`` is the triggering event's id, or the finding's ``key`` when it
+    has one; ``scope`` is the derived-stage key the finding was made at (one
+    event can be two identity records, a device and a phone, each with its own
+    finding).
+    """
+    text = f"{detector}\x1f{event_id}" if scope is None else f"{detector}\x1f{event_id}\x1f{scope}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _iso(moment: datetime) -> str:
@@ -50,12 +56,16 @@ class Alert:
 
     @classmethod
     def from_finding(cls, finding: Finding, event: Event, detected_at: datetime,
-                     config_version: str, event_ids: Sequence[str] = ()) -> Alert:
+                     config_version: str, event_ids: Sequence[str] = (),
+                     scope: str | None = None) -> Alert:
         amount = None
         if event.amount_minor is not None:
             amount = str(minor_to_decimal(event.amount_minor))
+        if finding.evidence and not event_ids:
+            # the evidence first: it names the finding; the event at hand completed it
+            event_ids = tuple(dict.fromkeys((*finding.evidence, event.event_id)))
         return cls(
-            alert_id=alert_id_for(finding.detector, event.event_id),
+            alert_id=alert_id_for(finding.detector, finding.key or event.event_id, scope),
             detector=finding.detector,
             severity=finding.severity,
             score=round(finding.score, 6),

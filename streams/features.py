@@ -42,6 +42,7 @@ def observe(event: Event, state: AccountState) -> dict[str, Any]:
     x["ts"] = ts
     x["account_events"] = prior_events
     x["account_id"] = event.account_id
+    x["event_id"] = event.event_id
     x["counterparty_id"] = event.counterparty_id
     x["region"] = event.region
     x["channel"] = event.channel

@@ -66,6 +66,8 @@ PROJECT_EVENT_TYPES: Final = frozenset({"pledge", "pledge_refund", "project_payo
 #: 100 injected rings; relaying everything found all 100 at 41. When a ring's
 #: transfers are processed together (a backlog), only full relaying finds it.
 FLOW_RELAY_HOPS: Final[int | None] = None
+#: Alert ids remembered per stage key (see :class:`StageEntry`).
+ALERTED_IDS: Final = 16
 
 
 class Sketch(Protocol):
@@ -88,14 +90,22 @@ class Forward:
 
 @dataclass(slots=True)
 class StageEntry:
-    """One key's sketch plus the replay guard, as stored in the stage's table."""
+    """One key's sketch plus the replay guards, as stored in the stage's table.
+
+    ``recent_ids`` are the last :data:`RECENT_IDS` records' id digests;
+    ``alerted`` the last :data:`ALERTED_IDS` alert ids raised at this key
+    (digests), so that a record the first guard has forgotten, re-sent by a
+    stage-1 replay, cannot publish an alert id a second time with other numbers.
+    """
 
     sketch: Any
     offset: int = -1
     recent_ids: list[int] = field(default_factory=list)
+    alerted: list[int] = field(default_factory=list)
 
     def dumps(self) -> bytes:
-        return orjson.dumps([self.offset, self.recent_ids, self.sketch.to_state()])
+        return orjson.dumps([self.offset, self.recent_ids, self.sketch.to_state(),
+                             self.alerted])
 
 
 @dataclass(slots=True)
@@ -148,8 +158,9 @@ class DerivedStage:
         if value is None:
             entry = StageEntry(self.new_sketch())
         else:
-            offset, recent, sketch_state = value
-            entry = StageEntry(self.load_sketch(sketch_state), offset, list(recent))
+            offset, recent, sketch_state = value[:3]
+            alerted = list(value[3]) if len(value) > 3 else []  # absent before alerted ids
+            entry = StageEntry(self.load_sketch(sketch_state), offset, list(recent), alerted)
         states[key] = entry
         return entry
 
@@ -207,7 +218,16 @@ class DerivedStage:
                     event = _event_of(record, features)
                 if detected_at is None:
                     detected_at = datetime.now(UTC)
-                alert = Alert.from_finding(finding, event, detected_at, self.config_version)
+                # scoped by key: an event that is two identity records (device and
+                # phone) can be two findings, each with its own id
+                alert = Alert.from_finding(finding, event, detected_at, self.config_version,
+                                           scope=record["_key"])
+                alerted = short_hash(alert.alert_id)
+                if alerted in entry.alerted:
+                    continue  # raised before, from a copy of this record
+                entry.alerted.append(alerted)
+                if len(entry.alerted) > ALERTED_IDS:
+                    del entry.alerted[0]
                 if self.ranker is not None:
                     alert = replace(alert, feedback_probability=self.ranker(alert))
                 alerts.append(alert)

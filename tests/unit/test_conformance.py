@@ -75,23 +75,8 @@ CASES = [
     for check in checks_for(_factory(name)())
 ]
 
-#: One event gives the identity stage one record per identifier it carries, and each
-#: record's alert has the id of the event: see check_one_content_per_alert_id.
-_ONE_ID_PER_EVENT = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: a stage alert's id is sha256(detector, event_id), but an event carrying two"
-        " identifiers (device and phone, or phone and national ID) is two identity records;"
-        " when both alert, one id is raised twice with different reasons ('device shared by 5"
-        " accounts' and 'phone number shared by 5 accounts'; '3 loan applications under one"
-        " phone number' and '... one national ID'), and a consumer keeping one alert per id"
-        " loses one"
-    ),
-)
-_KNOWN_STAGE_BUGS = {
-    ("identity_reuse", "one_content_per_alert_id"): _ONE_ID_PER_EVENT,
-    ("loan_stacking", "one_content_per_alert_id"): _ONE_ID_PER_EVENT,
-}
+#: Stage checks known to fail, with the reason (none at present): (detector, check) -> mark.
+_KNOWN_STAGE_BUGS: dict[tuple[str, str], pytest.MarkDecorator] = {}
 
 STAGE_CASES = [
     pytest.param(
@@ -426,6 +411,7 @@ class _ForgetfulGuard(DerivedStage):
             entry = states[outcome.key]
             entry.offset = -1
             entry.recent_ids.clear()
+            entry.alerted.clear()
         return outcome
 
 
