@@ -160,11 +160,14 @@ Features
 ``fan_in_span_seconds``     first to last of those senders' transfers
 ``fan_in_seconds``          the fan-in window, for reasons
 ``scatter_gather_vias``     most distinct intermediaries through which one origin reached *v*
-                            in two hops, within ``hub_seconds`` of this transfer
+                            in two hops, within ``hub_seconds`` of this transfer, among the
+                            origins whose money came through this transfer's sender
 ``scatter_gather_origin``   that origin's hash as 12 hex digits, or ``None``
 ``scatter_gather_origin_id``  its account id when known (the intermediary's sender), or ``None``
 ``gather_scatter_in``       distinct senders of the account within ``hub_seconds`` of ``ts``
 ``gather_scatter_out``      distinct receivers of the account within ``hub_seconds`` of ``ts``
+``gather_scatter_new``      whether this record's counterparty is new among them (an edge's
+                            sender, a back record's receiver); ``False`` on relays
 ``hub_seconds``             the hub window, for reasons
 ==========================  ==============================================================
 
@@ -511,11 +514,16 @@ class FlowSketch:
             # here again. Its low is not read: only a new or shorter ring's low is.
             self._merge(self.dests, stable_hash(receiver), [length, first, last, 0])
             self._evict(self.dests)
+        reach = self.params.hub_seconds
+        known = self.senders.get(sender)
+        # the same transfer seen again (same time) gives the same features
+        new_sender = known is None or known[_TS] == ts or abs(known[_TS] - ts) > reach
         self._add_sender(sender, ts, amount)
         self._add_origins(carried, sender, ts)
         features.update(self._fan_in(sender, ts))
-        features.update(self._scatter_gather(ts))
+        features.update(self._scatter_gather(ts, stable_hash(sender)))
         features.update(self._hub(ts, sender=sender))
+        features["gather_scatter_new"] = new_sender
         return features
 
     def observe_back(self, record: Mapping[str, Any]) -> BackOutcome:
@@ -535,7 +543,11 @@ class FlowSketch:
             return BackOutcome(features, [])
         reported = optional_int(record.get("cycle_length")) or 0
         carried = _dests(record.get("receiver_dests"), receiver, ts)
-        changed = self._add_dests(carried, stable_hash(receiver), ts)
+        receiver_hash = stable_hash(receiver)
+        known = self.dests.get(receiver_hash)
+        new_receiver = (known is None or known[_HOPS] != 1 or known[_LAST] == ts
+                        or abs(known[_LAST] - ts) > self.params.hub_seconds)
+        changed = self._add_dests(carried, receiver_hash, ts)
         ring = None if reported else self._ring_at_back(changed)
         if ring is not None:
             length, span = ring
@@ -544,6 +556,7 @@ class FlowSketch:
                             cycle_span_seconds=span)
         if kind == "back":
             features.update(self._hub(ts, receiver=receiver))
+            features["gather_scatter_new"] = new_receiver
         relays = self._relays(record, changed, reported)
         return BackOutcome(features, relays)
 
@@ -847,6 +860,7 @@ class FlowSketch:
             "scatter_gather_origin_id": None,
             "gather_scatter_in": 0,
             "gather_scatter_out": 0,
+            "gather_scatter_new": False,
             "hub_seconds": self.params.hub_seconds,
         }
 
@@ -858,10 +872,18 @@ class FlowSketch:
         lo, hi = densest_window(times, anchor, self.params.fan_in_seconds)
         return {"fan_in_senders": hi - lo, "fan_in_span_seconds": times[hi - 1] - times[lo]}
 
-    def _scatter_gather(self, ts: int) -> dict[str, Any]:
+    def _scatter_gather(self, ts: int, via: int | None = None) -> dict[str, Any]:
+        """The origin reaching this account through the most intermediaries around ``ts``.
+
+        With ``via`` (the hash of this edge's sender), only origins whose money came
+        through that intermediary count: a later, unrelated transfer into a collector
+        does not report the pattern again.
+        """
         reach = self.params.hub_seconds
         best: tuple[int, int] | None = None
         for key, (_, vias) in self.gathers.items():
+            if via is not None and via not in vias:
+                continue
             count = sum(1 for seen in vias.values() if abs(seen - ts) <= reach)
             if count and (best is None or (count, -key) > (best[0], -best[1])):
                 best = (count, key)
@@ -1193,7 +1215,10 @@ class GatherScatter(Detector):
     ``hub_seconds`` of the record (either side), so 1.0 or more means both
     limits are reached. The out side is known from back records, so the
     score is computed on incoming edges and outgoing back records alike;
-    relay records score 0.0.
+    relay records, and records whose counterparty was already counted in
+    the window (``gather_scatter_new`` false), score 0.0: a hub is reported
+    when a new sender or receiver takes it over the limits, not again on
+    every later transfer with the same counterparties.
 
     Parameters
     ----------
@@ -1223,8 +1248,8 @@ class GatherScatter(Detector):
         self.min_out = min_out
 
     def score_one(self, x: Features) -> float:
-        if x.get("record_kind", "edge") == "relay":
-            return 0.0
+        if x.get("record_kind", "edge") == "relay" or x.get("gather_scatter_new") is False:
+            return 0.0  # a relay, or a counterparty already counted in the window
         return min(_count(x, "gather_scatter_in") / self.min_in,
                    _count(x, "gather_scatter_out") / self.min_out)
 

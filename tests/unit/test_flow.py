@@ -283,6 +283,20 @@ def test_scatter_gather_names_the_origin_and_counts_intermediaries_in_the_window
     assert edge_features(later, "in9")["scatter_gather_vias"] == 1
 
 
+def test_scatter_gather_is_not_reported_again_by_an_unrelated_transfer_to_the_collector() -> None:
+    stage = InMemoryFlowStage()
+    transfers = [(f"out{i}", T0 + i * 60, "acct-a", f"mule-{i}") for i in range(3)]
+    transfers += [(f"in{i}", T0 + 3_600 + i * 60, f"mule-{i}", "acct-c") for i in range(3)]
+    transfers += [("rent", T0 + 7_200, "tenant", "acct-c"),  # not money from acct-a
+                  ("in0-again", T0 + 9_000, "mule-0", "acct-c")]  # acct-a's money again
+    features = run(stage, transfers)
+    detector = ScatterGather(min_vias=3)
+    scores = {x["event_id"]: detector.score_one(x) for x in features if x["record_kind"] == "edge"}
+    assert scores["in2"] == 1.0
+    assert scores["rent"] == 0.0
+    assert scores["in0-again"] == 1.0
+
+
 def test_a_busy_sender_is_not_counted_as_an_intermediary() -> None:
     sketch = FlowSketch.new()
     for i in range(3):
@@ -310,6 +324,19 @@ def test_gather_scatter_sees_the_out_side_on_back_records() -> None:
         "hub received from 6 different senders and paid 6 different receivers within 3 d of"
         " this transfer (alert at 5 and 5)"
     ]
+
+
+def test_a_hub_is_reported_when_a_new_counterparty_takes_it_over_not_on_every_transfer() -> None:
+    stage = InMemoryFlowStage()
+    ins = [(f"in{i}", T0 + i * 60, f"payer-{i}", "hub") for i in range(5)]
+    outs = [(f"out{i}", T0 + DAY + i * 60, "hub", f"payee-{i}") for i in range(5)]
+    repeat = [("again-in", T0 + DAY + 3_600, "payer-0", "hub"),
+              ("again-out", T0 + DAY + 7_200, "hub", "payee-0")]
+    features = run(stage, ins + outs + repeat)
+    detector = GatherScatter(min_in=5, min_out=5)
+    flagged = [(x["event_id"], x["record_kind"]) for x in features
+               if x["account_id"] == "hub" and detector.score_one(x) >= 1.0]
+    assert flagged == [("out4", "back")]
 
 
 def test_a_hub_passes_nothing_on() -> None:
