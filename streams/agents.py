@@ -55,6 +55,7 @@ class MonitorAgent:
         now = datetime.now(UTC)
         dirty: dict[bytes, int] = {}
         pending: list[Any] = []
+        done: dict[Any, int] = {}
         oldest_ts: float | None = None
         for event in events:
             message = event.message
@@ -65,7 +66,7 @@ class MonitorAgent:
                 message.value, store, topic=message.topic, partition=message.partition,
                 offset=message.offset, source_timestamp=ts, now=now,
             )
-            self.positions[message.tp] = message.offset
+            done[message.tp] = message.offset
             if outcome.dead_letter is not None:
                 pending.append(rt.dead_letter_topic.send_soon(
                     key=message.key, value=dead_letter_record(outcome.dead_letter, now),
@@ -90,6 +91,8 @@ class MonitorAgent:
         # Faust's pre-commit flush can return before its buffer is empty; waiting here
         # keeps "state in Kafka before the offsets that produced it are committed"
         await asyncio.gather(*written)
+        # only now: a lag of 0 then means every output of these messages is in Kafka
+        self.positions.update(done)
         self.batches += 1
         if self._assigned_at is not None:
             rt.sensors.on_ready(time.monotonic() - self._assigned_at)
@@ -119,18 +122,36 @@ class MonitorAgent:
             above += balance > limit
         self.runtime.sensors.on_wallet_totals(total, above)
 
-    async def report_lag(self) -> None:
+    async def report_lag(self, stage_agents: Sequence[StageAgent] = ()) -> None:
+        """Export the lag of every assigned input and derived-stage partition.
+
+        The derived stages' backlog (flow relays above all) can outlast the
+        input's by minutes; without their lag nobody sees a worker still busy.
+        High watermarks are asked of the broker: the consumer's cached ones stop
+        moving while a partition is paused for a full stream buffer.
+        """
         rt = self.runtime
         consumer = rt.app.consumer
-        inputs = set(rt.settings.input_topics)
-        for tp in consumer.assignment():
-            if tp.topic not in inputs:
-                continue
-            highwater = consumer.highwater(tp)
+        positions: dict[str, dict[Any, int]] = {t: self.positions for t in rt.settings.input_topics}
+        for stage_agent in stage_agents:
+            positions[stage_agent.topic_name] = stage_agent.positions
+        assigned = [tp for tp in consumer.assignment() if tp.topic in positions]
+        # positions before high watermarks: the records a finished batch sent on are
+        # then inside the watermarks, so all zeros means nothing is left anywhere
+        processed = {tp: positions[tp.topic].get(tp) for tp in assigned}
+        try:
+            highwaters = dict(await consumer.highwaters(*assigned)) if assigned else {}
+        except Exception as exc:  # a failed request: fall back to the cached watermarks
+            log.debug("lag: high watermarks from the broker failed: %r", exc)
+            highwaters = {}
+        for tp in assigned:
+            highwater = highwaters.get(tp)
+            if highwater is None:
+                highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            processed = self.positions.get(tp)
-            next_offset = processed + 1 if processed is not None else await consumer.position(tp)
+            last = processed[tp]
+            next_offset = last + 1 if last is not None else await consumer.position(tp)
             if next_offset is None:
                 continue
             rt.sensors.on_lag(tp.topic, tp.partition, max(0, highwater - next_offset))
@@ -182,6 +203,9 @@ class StageAgent:
         self.runtime = runtime
         self.stage = stage
         self.table = table
+        self.topic_name: str = runtime.stage_topics[stage.name].get_topic_name()
+        #: last offset processed per partition, for the lag gauge
+        self.positions: dict[Any, int] = {}
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         rt = self.runtime
@@ -189,8 +213,10 @@ class StageAgent:
         now = datetime.now(UTC)
         dirty: dict[bytes, int] = {}
         pending: list[Any] = []
+        done: dict[Any, int] = {}
         for event in events:
             message = event.message
+            done[message.tp] = message.offset
             outcome = self.stage.process(message.value, store, offset=message.offset, now=now,
                                          source_timestamp=message.timestamp)
             if outcome.key is None:
@@ -209,6 +235,7 @@ class StageAgent:
             if isinstance(entry := store.get(key), StageEntry)
         ]
         await asyncio.gather(*written)
+        self.positions.update(done)
 
 
 def hold_fetching_until_seek(app: Any) -> None:
@@ -240,8 +267,10 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
 
     app.agent(runtime.input_topic, name="txwatch.monitor")(monitor)
 
+    stage_agents: list[StageAgent] = []
     for name, stage in runtime.stages.items():
         stage_agent = StageAgent(runtime, stage, runtime.stage_tables[name])
+        stage_agents.append(stage_agent)
 
         async def run_stage(stream: Any, stage_agent: StageAgent = stage_agent) -> None:
             async for events in stream.take_events(settings.batch_size,
@@ -252,7 +281,7 @@ def attach_agent(runtime: Runtime) -> MonitorAgent:
 
     @app.timer(interval=LAG_INTERVAL_SECONDS)
     async def lag_timer() -> None:
-        await agent.report_lag()
+        await agent.report_lag(stage_agents)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -31,7 +31,15 @@ from streams.pipeline import Monitor
 from streams.rules import build_rules
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
-from streams.stages import FLOW, STAGES, DerivedStage, Forward, build_stages, stage_deriver
+from streams.stages import (
+    FLOW,
+    STAGES,
+    DerivedStage,
+    Forward,
+    build_stages,
+    stage_deriver,
+    stage_topic,
+)
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
@@ -204,7 +212,7 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     for name in stages:
         # keyed like the input topics, same partition count: co-partitioned with them
         stage_topics[name] = app.topic(
-            f"{settings.app_id}-{name}", key_serializer="raw", value_serializer="raw",
+            stage_topic(settings.app_id, name), key_serializer="raw", value_serializer="raw",
             partitions=settings.partitions, internal=True,
         )
         stage_tables[name] = app.Table(

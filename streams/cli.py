@@ -54,6 +54,7 @@ def run_worker(settings: Settings) -> int:
     from streams.app import create_app, load_detector_config
     from streams.broker import BrokerError, check_access, create_topics
     from streams.metrics import PrometheusSensor
+    from streams.stages import STAGES, stage_topic
 
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,8 +65,12 @@ def run_worker(settings: Settings) -> int:
         asyncio.run(check_access(settings.broker, client))
         # Faust subscribes before it would create a missing input topic, and would only
         # see it after a metadata refresh: create every topic we read or write first.
+        # The derived stages' topics too: one Faust creates a few ms before it subscribes
+        # can be missing from the group leader's metadata ("Ignoring missing topic"), and
+        # that stage then reads nothing until the next rebalance, minutes later.
         asyncio.run(create_topics(settings.broker, [
             *settings.input_topics, settings.alert_topic, settings.dead_letter_topic,
+            *(stage_topic(settings.app_id, name) for name in STAGES),
         ], settings.partitions, client=client))
     except BrokerError as exc:
         print(f"txwatch worker: {exc}", file=sys.stderr, flush=True)

@@ -42,9 +42,16 @@ processed before the next event, as if their topics had no lag.
 ``txwatch evaluate`` generates the simulator's traffic with every scenario,
 publishes it to topics of its own on ``TXWATCH_BROKER`` (or a broker it
 starts, ``--local-broker``), runs a real ``txwatch worker`` on them, waits
-until the worker's ``/metrics`` shows every event processed and the alert
-topic is quiet, and scores what the worker published. Its topics are deleted
-afterwards unless ``--keep-topics``.
+until it has caught up, and scores what the worker published. Caught up,
+from the worker's ``/metrics``: every input event counted in
+``txwatch_events_total``, ``txwatch_consumer_lag`` at 0 on every partition of
+the input topics **and** of the derived stages' internal topics (flow,
+identity, project) for :data:`LAG_SETTLE_SECONDS`, and no new alert on the
+alert topic for :data:`QUIET_SECONDS`. The stage topics matter: the flow
+stage's relays can keep a worker busy long after the last input event, and
+its alerts only come then. Progress lines show the stage lag while waiting;
+``--timeout`` ends the wait with an error naming the topics still behind.
+Its topics are deleted afterwards unless ``--keep-topics``.
 """
 
 from __future__ import annotations
@@ -87,6 +94,10 @@ Progress = Callable[[str], None]
 ANY_DETECTOR: Final = "*"
 #: Seconds without a new alert, once every event is processed, before ``evaluate`` scores.
 QUIET_SECONDS: Final = 3.0
+#: Seconds every input and stage partition must read lag 0 before ``evaluate`` scores: the
+#: worker refreshes the gauge every ``LAG_INTERVAL_SECONDS`` (5 s), so a 0 read earlier may
+#: predate the last records; one refresh inside this window makes it current.
+LAG_SETTLE_SECONDS: Final = 6.0
 PROGRESS_EVERY: Final = 2.0
 METRICS_LINE: Final = re.compile(rb"metrics on (http://\S+/metrics)")
 
@@ -591,6 +602,50 @@ def evaluation_env(bootstrap: str, prefix: str, data_dir: Path, partitions: int,
     return env
 
 
+@dataclass
+class WorkerProgress:
+    """What the worker's /metrics says about its progress."""
+
+    processed: float = 0.0
+    #: ``txwatch_consumer_lag`` by (topic, partition); a partition not reported yet is absent
+    lag: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def lagging(self, topics: Iterable[str], partitions: int) -> dict[str, float | None]:
+        """Topics with a partition behind, or not reported yet (``None``), and their lag."""
+        behind: dict[str, float | None] = {}
+        for topic in topics:
+            values = [self.lag.get((topic, p)) for p in range(partitions)]
+            if any(v is None for v in values):
+                behind[topic] = None
+            elif any(values):
+                behind[topic] = sum(v for v in values if v is not None)
+        return behind
+
+
+def stage_topic_names(app_id: str, stages: Iterable[str]) -> dict[str, str]:
+    """The derived stages' internal topics by stage, as ``streams.app.create_app`` names them."""
+    from streams.stages import stage_topic
+
+    return {name: stage_topic(app_id, name) for name in stages}
+
+
+def _describe_lag(behind: Mapping[str, float | None]) -> str:
+    """``topic lag, ...`` for the topics still behind."""
+    unknown = "no lag reported (partitions unassigned?)"
+    parts = [f"{topic} {unknown if lag is None else f'{lag:,.0f}'}"
+             for topic, lag in behind.items()]
+    return ", ".join(parts) if parts else "none"
+
+
+def _stage_lag(state: WorkerProgress, stage_topics: Mapping[str, str], partitions: int) -> str:
+    """``flow 1,234, identity 0, project 0`` (``?``: not reported yet)."""
+    parts = []
+    for stage, topic in stage_topics.items():
+        lag = state.lagging([topic], partitions).get(topic, 0.0)
+        parts.append(f"{stage} {'?' if lag is None else f'{lag:,.0f}'}")
+    return ", ".join(parts) if parts else "no stages"
+
+
 class _Worker:
     """A ``txwatch worker`` child process with its log in a file."""
 
@@ -625,15 +680,22 @@ class _Worker:
             return "(no log)"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def events_processed(self) -> float:
-        """Sum of ``txwatch_events_total`` on the worker's /metrics."""
+    def progress(self) -> WorkerProgress:
+        """``txwatch_events_total`` summed and ``txwatch_consumer_lag``, from /metrics."""
         from prometheus_client.parser import text_string_to_metric_families
 
         assert self.metrics_url is not None
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text = response.read().decode()
-        return sum(sample.value for family in text_string_to_metric_families(text)
-                   for sample in family.samples if sample.name == "txwatch_events_total")
+        processed = 0.0
+        lag: dict[tuple[str, int], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "txwatch_events_total":
+                    processed += sample.value
+                elif sample.name == "txwatch_consumer_lag":
+                    lag[sample.labels["topic"], int(sample.labels["partition"])] = sample.value
+        return WorkerProgress(processed, lag)
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -703,8 +765,15 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     env = evaluation_env(settings.broker, prefix, work_dir / "data", settings.partitions,
                          config_path)
     eval_settings = Settings.from_env(env)
+    stage_topics = stage_topic_names(
+        eval_settings.app_id, [name for name, alerters in rules.stages.items() if alerters])
+    # The stage topics too: left to the worker, one created a few ms before its consumer
+    # subscribes can be missing from the metadata the group leader assigns from; Faust
+    # then skips it ("Ignoring missing topic") and that stage reads nothing until the
+    # next metadata refresh and rebalance, minutes later.
     await create_topics(settings.broker, [*eval_settings.input_topics, eval_settings.alert_topic,
-                                          eval_settings.dead_letter_topic], settings.partitions)
+                                          eval_settings.dead_letter_topic, *stage_topics.values()],
+                        settings.partitions)
     worker = _Worker(env, work_dir / "worker.log")
     report(f"evaluate: starting a worker on topics {prefix}.* (log {worker.log_path})")
     started = time.monotonic()
@@ -727,10 +796,14 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                                     enable_auto_commit=False)
         await consumer.start()
         records: list[dict[str, Any]] = []
+        watched = [*eval_settings.input_topics, *stage_topics.values()]
+        partitions = eval_settings.partitions
         try:
             deadline = time.monotonic() + timeout
             last_alert = last_report = time.monotonic()
-            processed = 0.0
+            state = WorkerProgress()
+            behind: dict[str, float | None] = dict.fromkeys(watched)
+            caught_up_since: float | None = None
             while True:
                 batch = await consumer.getmany(timeout_ms=250)
                 for items in batch.values():
@@ -739,23 +812,32 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                             records.append(orjson.loads(item.value))
                         last_alert = time.monotonic()
                 now = time.monotonic()
-                if processed < sim.sent or now - last_report >= PROGRESS_EVERY:
+                if caught_up_since is None or behind or now - last_report >= PROGRESS_EVERY:
                     try:
-                        processed = await asyncio.to_thread(worker.events_processed)
+                        state = await asyncio.to_thread(worker.progress)
                     except OSError as exc:  # a busy worker may drop a scrape: ask again
                         log.debug("evaluate: /metrics scrape failed: %s", exc)
+                    behind = state.lagging(watched, partitions)
+                if state.processed >= sim.sent and not behind:
+                    caught_up_since = caught_up_since or now
+                else:
+                    caught_up_since = None
                 if now - last_report >= PROGRESS_EVERY:
                     last_report = now
-                    report(f"evaluate: worker processed {processed:,.0f} of {sim.sent:,} "
-                           f"events; {len(records):,} alerts so far")
-                if processed >= sim.sent and now - last_alert >= QUIET_SECONDS:
+                    report(f"evaluate: worker processed {state.processed:,.0f} of {sim.sent:,} "
+                           f"events; stage lag {_stage_lag(state, stage_topics, partitions)}; "
+                           f"{len(records):,} alerts so far")
+                if (caught_up_since is not None and now - caught_up_since >= LAG_SETTLE_SECONDS
+                        and now - last_alert >= QUIET_SECONDS):
                     break
                 if not worker.alive():
                     message = f"the worker exited; its log: {worker.log_path}\n{worker.log_tail()}"
                     raise RuntimeError(message)
                 if now > deadline:
-                    message = (f"the worker processed {processed:,.0f} of {sim.sent:,} events "
-                               f"in {timeout:.0f} s; its log: {worker.log_path}")
+                    message = (f"the worker did not catch up in {timeout:.0f} s: processed "
+                               f"{state.processed:,.0f} of {sim.sent:,} input events; still "
+                               f"lagging: {_describe_lag(behind)}; its log: "
+                               f"{worker.log_path}")
                     raise TimeoutError(message)
         finally:
             await consumer.stop()

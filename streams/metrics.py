@@ -75,7 +75,8 @@ class PrometheusSensor(Sensor):
             buckets=SCORE_BUCKETS, registry=registry,
         )
         self.lag = Gauge(
-            "txwatch_consumer_lag", "Messages behind the high watermark per input partition.",
+            "txwatch_consumer_lag",
+            "Messages behind the high watermark per input and derived-stage partition.",
             ["topic", "partition"], registry=registry,
         )
         self.batch_events = Histogram(

@@ -33,7 +33,7 @@ class Sensor:
         """A batch finished; its state and output are queued before its commit."""
 
     def on_lag(self, topic: str, partition: int, lag: int) -> None:
-        """Consumer lag of one input partition, in messages."""
+        """Consumer lag of one input or derived-stage partition, in messages."""
 
     def on_state_size(self, accounts: int) -> None:
         """Accounts held by this worker."""

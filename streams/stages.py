@@ -70,6 +70,11 @@ FLOW_RELAY_HOPS: Final[int | None] = None
 ALERTED_IDS: Final = 16
 
 
+def stage_topic(app_id: str, stage: str) -> str:
+    """The internal topic of ``stage`` (``txwatch worker`` creates it before subscribing)."""
+    return f"{app_id}-{stage}"
+
+
 class Sketch(Protocol):
     """What a stage keeps per key (``detectors/flow.py`` and friends)."""
 
