@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from streams.broker import LocalKafka, create_topics
+from streams.stages import STAGES, stage_topic
 from tests.support import faults
 from tests.support.faults import Chaos, check_run, labelled_messages, publish, rss_bytes
 from tests.support.worker import WorkerProcess, wait_for, worker_env
@@ -202,8 +203,17 @@ async def test_a_burst_is_absorbed_with_bounded_memory_and_nothing_dropped(
             kafka_bootstrap, settings.app_id, settings.input_topics, timeout=300,
             alive=faults.alive(worker))
         drain_seconds = time.monotonic() - t0
-        await asyncio.to_thread(wait_for, lambda: worker.metric("txwatch_consumer_lag") == 0,
-                                30, "the lag gauge back to 0")
+
+        def lag(topics: list[str]) -> float:
+            return sum(worker.metric("txwatch_consumer_lag", topic=t) for t in topics)
+
+        await asyncio.to_thread(wait_for, lambda: lag(list(settings.input_topics)) == 0,
+                                30, "the input topics' lag gauge back to 0")
+        # the derived stages' records (flow relays above all) drain after the input
+        stage_topics = [stage_topic(settings.app_id, name) for name in STAGES]
+        await asyncio.to_thread(wait_for, lambda: lag(stage_topics) == 0,
+                                300, "the derived-stage topics' lag gauge back to 0")
+        stage_drain_seconds = time.monotonic() - t0
         stop_sampling.set()
         await sampler
         peak = faults.peak_rss_bytes(pid)
@@ -218,6 +228,7 @@ async def test_a_burst_is_absorbed_with_bounded_memory_and_nothing_dropped(
                      "processing_rate_per_s": round(drain_rate),
                      "burst_factor": round(send_rate / drain_rate, 1), "max_lag": max_lag,
                      "drain_after_last_send_s": round(drained, 1),
+                     "stages_drained_after_s": round(stage_drain_seconds, 1),
                      "idle_rss_mib": round(idle_rss / 2**20, 1),
                      "peak_rss_mib": round(peak / 2**20, 1)})
     assert send_rate >= 3 * drain_rate, "not a burst: the worker kept up with the producer"
