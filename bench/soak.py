@@ -102,6 +102,26 @@ async def _soak(args: argparse.Namespace, work: Path, bootstrap: str,
     events: list[tuple[float, str]] = []
     started = time.monotonic()
 
+    async def until_ready(worker: WorkerProcess, since: int) -> None:
+        """Hold the turn until ``worker`` has recovered ("Worker ready" after ``since``).
+
+        A worker still starting when the broker goes down fails to bootstrap its
+        producer and exits; the faults take turns, and a (re)start's turn lasts until
+        the worker is ready.
+        """
+        deadline = time.monotonic() + 180
+        while b"Worker ready" not in worker.log_path.read_bytes()[since:]:
+            if worker.proc is not None and worker.proc.poll() is not None:
+                message = f"worker exited with {worker.proc.returncode}:\n{worker.log_tail()}"
+                raise RuntimeError(message)
+            if time.monotonic() > deadline:
+                message = f"worker not ready after 180 s:\n{worker.log_tail()}"
+                raise RuntimeError(message)
+            await asyncio.sleep(0.2)  # polling a log file for a line
+
+    def log_size(worker: WorkerProcess) -> int:
+        return worker.log_path.stat().st_size if worker.log_path.exists() else 0
+
     def note(what: str) -> None:
         events.append((round(time.monotonic() - started, 1), what))
         print(f"soak: {events[-1][0]:7.1f} s  {what}", file=sys.stderr, flush=True)
@@ -111,7 +131,9 @@ async def _soak(args: argparse.Namespace, work: Path, bootstrap: str,
             await asyncio.sleep(rng.uniform(chaos.min_gap, chaos.max_gap))
             async with turn:
                 chaos.worker_alive()
+                since = log_size(worker_a)
                 await chaos.kill_and_restart(started)
+                await until_ready(worker_a, since)
                 note(f"worker A killed (SIGKILL #{len(chaos.kills)}) and restarted")
 
     async def broker_loop() -> None:
@@ -133,7 +155,9 @@ async def _soak(args: argparse.Namespace, work: Path, bootstrap: str,
             return
         await asyncio.sleep(duration * 0.4)
         async with turn:
+            since = log_size(worker_b)
             await asyncio.to_thread(worker_b.start)
+            await until_ready(worker_b, since)
             note("worker B joined")
         await asyncio.sleep(duration * 0.3)
         async with turn:
