@@ -15,7 +15,7 @@ changelog before it processes anything (see the README, "Guarantees").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ from streams.stages import (
     FLOW,
     STAGES,
     DerivedStage,
-    Forward,
     build_stages,
     stage_deriver,
     stage_topic,
@@ -126,7 +125,7 @@ def build_monitor(settings: Settings, sensor: Sensor | None = None,
         max_message_bytes=settings.max_message_bytes,
         clear_dead_letter_payload=settings.dead_letter_clear_payload,
     )
-    derive = _deriver(stages, flow_states) if stages else None
+    derive = stage_deriver(stages, flow_states) if stages else None
     return Monitor(decoder, rules.account, rules.version, sensor, derive=derive)
 
 
@@ -135,13 +134,6 @@ def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[st
     config = load_detector_config(settings.detector_config)
     rules = build_rules(config, STAGES)
     return build_stages(rules.stages, rules.version, sensor)
-
-
-def _deriver(stages: Mapping[str, DerivedStage],
-             flow_states: Mapping[Any, Any] | None) -> Callable[[Any, dict[str, Any]],
-                                                                list[Forward]]:
-    """Stage 1's forwarding function (see :func:`streams.stages.stage_deriver`)."""
-    return stage_deriver(stages, flow_states)
 
 
 @dataclass
