@@ -661,7 +661,9 @@ def labelled_stage_records(stage: str, *, seed: int = 20_240_601) -> list[Labell
 
     * ``flow``: customers pay a few contacts further down one ordering of the
       accounts, so their transfers close no ring; rings of 3 to 6 accounts in
-      shuffled order, scatter-gathers, hubs and fan-ins are injected.
+      shuffled order (the money keeping its size, less each member's cut),
+      friends paying each other round with unrelated amounts (no alert),
+      scatter-gathers, hubs and fan-ins are injected.
     * ``identity``: customers with their own device, phone and national ID,
       logins and the odd loan; device, phone and national-ID farms and loan
       stacking are injected.
@@ -743,8 +745,9 @@ def _flow_records(rng: random.Random) -> list[LabelledRecord]:
     numbers = itertools.count(1)
 
     def transfer(ts: int, sender: str, receiver: str, anomaly: str | None = None,
-                 back_anomaly: str | None = None) -> None:
-        amount = max(100, round(rng.lognormvariate(math.log(200_000), 0.8)))
+                 back_anomaly: str | None = None, amount: int | None = None) -> None:
+        if amount is None:
+            amount = max(100, round(rng.lognormvariate(math.log(200_000), 0.8)))
         record = {
             "_key": receiver, "kind": "edge", "event_id": f"tr-{next(numbers):05d}",
             "event_type": "transfer", "ts": ts, "sender": sender, "receiver": receiver,
@@ -769,13 +772,23 @@ def _flow_records(rng: random.Random) -> list[LabelledRecord]:
     min_ring = int(_default("cycle", "min_ring", 3))
     for ring, length in enumerate(rng.sample(range(min_ring, min_ring + 4), 4)):
         members = [f"ring{ring}-{i}" for i in range(length)]
-        hops = [(members[i], members[(i + 1) % length]) for i in range(length)]
+        # the money keeps its size round the ring, less each member's cut of 0.5 to 3%
+        amounts = [rng.randint(300_000, 1_500_000)]
+        for _ in range(length - 1):
+            amounts.append(amounts[-1] * rng.randint(970, 995) // 1000)
+        hops = [(members[i], members[(i + 1) % length], amounts[i]) for i in range(length)]
         rng.shuffle(hops)  # in any processing order, relays find the ring on its last transfer
         at = start()
         transfer(at, f"cust-{rng.randrange(customers):03d}", members[0])
-        for number, (sender, receiver) in enumerate(hops, start=1):
+        for number, (sender, receiver, amount) in enumerate(hops, start=1):
             at += rng.randint(_HOUR, 8 * _HOUR)
-            transfer(at, sender, receiver, "cycle" if number == length else None)
+            transfer(at, sender, receiver, "cycle" if number == length else None, amount=amount)
+    for ring in range(2):  # friends paying each other round: a ring of unrelated amounts
+        members = [f"friends{ring}-{i}" for i in range(4)]
+        at = start()
+        for i, amount in enumerate([5_000, 120_000, 30_000, 800_000]):
+            at += rng.randint(_HOUR, 8 * _HOUR)
+            transfer(at, members[i], members[(i + 1) % 4], amount=amount)
     for pair in range(3):  # paid back: a ring of 2, below the shipped minimum
         at = start()
         transfer(at, f"pair{pair}-a", f"pair{pair}-b")

@@ -64,7 +64,9 @@ PROJECT_EVENT_TYPES: Final = frozenset({"pledge", "pledge_refund", "project_payo
 #: all the way, bounded by the ring length and the hub degree). Measured on a dense
 #: synthetic network: 2 hops cost 6 relays per transfer on average and found 83 of
 #: 100 injected rings; relaying everything found all 100 at 41. When a ring's
-#: transfers are processed together (a backlog), only full relaying finds it.
+#: transfers are processed together (a backlog), only full relaying finds it. Since
+#: paths must keep their amounts (``FlowParams.amount_spread_percent``), full relaying
+#: costs 1.7 relays per transfer on 200,000 simulator events, down from 17.7.
 FLOW_RELAY_HOPS: Final[int | None] = None
 #: Alert ids remembered per stage key (see :class:`StageEntry`).
 ALERTED_IDS: Final = 16

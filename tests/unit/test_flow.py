@@ -75,21 +75,87 @@ def back(sender: str, receiver: str, ts: int, dests: list[list[Any]] | None = No
 
 def test_a_ring_is_found_once_on_its_closing_transfer_and_explained() -> None:
     stage = InMemoryFlowStage()
-    features = run(stage, [
-        ("t1", T0, "acct-a", "acct-b"),
-        ("t2", T0 + DAY, "acct-b", "acct-c"),
-        ("t3", T0 + 3 * DAY, "acct-c", "acct-a"),
-    ])  # fmt: skip
+    features = []
+    for event_id, ts, sender, receiver, amount in [
+        ("t1", T0, "acct-a", "acct-b", 1_200_000),
+        ("t2", T0 + DAY, "acct-b", "acct-c", 1_180_000),  # each keeps a cut
+        ("t3", T0 + 3 * DAY, "acct-c", "acct-a", 1_150_000),
+    ]:
+        features += stage.transfer(event_id, ts, sender, receiver, amount)
     assert findings(features) == [("t3", "edge", "acct-a", 3)]
     closing = next(x for x in features if x["cycle_length"])
     assert closing["cycle_span_seconds"] == 3 * DAY
-    assert closing["cycle_amount_minor"] == 1_200_000
+    assert closing["cycle_amount_minor"] == 1_150_000
     detector = Cycle()
     assert detector.score_one(closing) == 1.0
     assert detector.explain_one(closing, 1.0) == [
         "funds returned to acct-a through a ring of 3 accounts within 3 d"
-        " (12,000.00 on the closing transfer)"
+        " (11,500.00 on the closing transfer)",
+        "every transfer of the ring between 11,500.00 and 12,000.00",
     ]
+
+
+RING = [("t1", T0, "a", "b"), ("t2", T0 + 60, "c", "d"), ("t3", T0 + 120, "b", "c"),
+        ("t4", T0 + 180, "d", "a")]
+
+
+@pytest.mark.parametrize(("amounts", "spread", "found"), [
+    ((10_000, 9_900, 9_800, 9_700), 50, True),
+    ((10_000, 10_000, 10_000, 15_000), 50, True),  # 50% larger: the limit, still a ring
+    ((10_000, 10_000, 10_000, 15_001), 50, False),
+    ((3_000, 900_000, 45_000, 120_000), 50, False),  # friends paying each other round
+    ((3_000, 900_000, 45_000, 120_000), None, True),  # the check turned off
+])  # fmt: skip
+def test_a_ring_needs_amounts_that_keep_their_size(
+    amounts: tuple[int, ...], spread: int | None, found: bool
+) -> None:
+    # processed out of ring order, so the ring is closed through a relay
+    stage = InMemoryFlowStage(FlowParams(amount_spread_percent=spread))
+    features = []
+    for (event_id, ts, sender, receiver), amount in zip(RING, amounts, strict=True):
+        features += stage.transfer(event_id, ts, sender, receiver, amount)
+    assert bool(findings(features)) is found
+
+
+def test_paths_of_unrelated_amounts_are_neither_kept_nor_relayed() -> None:
+    checked = InMemoryFlowStage()
+    unchecked = InMemoryFlowStage(FlowParams(amount_spread_percent=None))
+    for stage in (checked, unchecked):
+        # z pays a, a pays b 30.00 for lunch, then b's 9,000.00 rent goes to c, c pays d
+        run(stage, [("coffee", T0 - 60, "z", "a"), ("lunch", T0, "a", "b")], amount=3_000)
+        run(stage, [("rent", T0 + 60, "b", "c"), ("on", T0 + 120, "c", "d")], amount=900_000)
+    assert stable_hash("a") not in checked.sketch("d").origins
+    assert stable_hash("d") not in checked.sketch("a").dests
+    assert stable_hash("b") in checked.sketch("d").origins  # rent moved on: a path
+    assert stable_hash("a") in unchecked.sketch("d").origins
+    # a's destinations did not change, so a told z nothing
+    assert stable_hash("d") in unchecked.sketch("z").dests
+    assert checked.relays < unchecked.relays
+
+
+def test_a_transfer_without_an_amount_makes_no_path_and_no_ring() -> None:
+    stage = InMemoryFlowStage()
+    features = []
+    for (event_id, ts, sender, receiver), amount in zip(RING, (10_000, 10_000, 0, 10_000),
+                                                        strict=True):
+        features += stage.transfer(event_id, ts, sender, receiver, amount)
+    assert findings(features) == []
+    assert stable_hash("b") not in stage.sketch("d").origins  # b -> c had no amount
+
+
+def test_rows_and_state_from_before_amounts_are_read_as_amounts_unknown() -> None:
+    sketch = FlowSketch.new()
+    old_rows = [[stable_hash("b"), 0, T0, T0], [stable_hash("x"), 1, T0 - 60, T0 - 60, "x"]]
+    sketch.observe_edge(edge("b", "c", T0, "e1", amount=10_000, origins=old_rows))
+    assert stable_hash("b") in sketch.origins  # the transfer itself has its amount
+    assert stable_hash("x") not in sketch.origins  # a path of unknown amount is not kept
+    state = sketch.to_state()
+    old_state = [*state[:3], [row[:4] for row in state[3]], [row[:5] for row in state[4]],
+                 *state[5:]]
+    restored = FlowSketch.from_state(old_state)
+    assert restored.origins[stable_hash("b")] == [1, T0, T0, 0, 0]
+    with pytest.raises(ValueError, match="0 <= lo <= hi"):
+        sketch.observe_edge(edge("b", "c", T0, "e2", origins=[[stable_hash("b"), 1, T0, T0, 5, 2]]))
 
 
 def test_the_middle_transfer_last_needs_relays() -> None:
@@ -301,7 +367,8 @@ def test_a_busy_sender_is_not_counted_as_an_intermediary() -> None:
     sketch = FlowSketch.new()
     for i in range(3):
         busy = [[stable_hash(f"b{i}"), 0, T0, T0]] + [
-            [stable_hash(f"payer-{j}"), 1, T0 - 60, T0 - 60, f"payer-{j}"] for j in range(9)
+            [stable_hash(f"payer-{j}"), 1, T0 - 60, T0 - 60, 100, 100, f"payer-{j}"]
+            for j in range(9)
         ]
         x = sketch.observe_edge(edge(f"b{i}", "c", T0 + i, f"e{i}", origins=busy))
     assert x["scatter_gather_vias"] == 0 and sketch.gathers == {}
