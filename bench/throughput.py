@@ -1335,20 +1335,26 @@ def write_profile(raw_path: Path, out_path: Path, header: str) -> dict[str, Any]
     return data
 
 
-def run_profile(args: argparse.Namespace, broker: str, topics: Topics, expected: int,
-                workdir: Path, tag: str, out_dir: Path) -> dict[str, Any]:
-    """txwatch over the pre-produced events with py-spy attached from its first batch on.
+def run_profile(args: argparse.Namespace, broker: str, topics: Topics,
+                messages: Sequence[tuple[str, bytes, bytes, str]], workdir: Path, tag: str,
+                out_dir: Path) -> dict[str, Any]:
+    """txwatch over the first input events with py-spy attached from its first batch on.
 
-    Attaching once the worker is processing keeps imports and the group join out of
-    the profile: it shows the steady state the throughput table measures.
+    ``messages`` (the first ``--profile-events`` of the input) are produced to
+    topics of their own, so that the worker stops at their end. Attaching once the
+    worker is processing keeps imports and the group join out of the profile: it
+    shows the steady state the throughput table measures.
     """
     if _py_spy() is None:
         progress("profile: py-spy is not installed in this environment (pip install py-spy)")
         return {"error": "py-spy not installed"}
     raw = workdir / "profile-txwatch.raw"
     group = f"bench-{tag}-profile"
-    out_topics = Topics(topics.payments, topics.lending, f"bench.{tag}.profile.alerts",
-                        f"bench.{tag}.profile.dead-letters")
+    out_topics = Topics.under(f"bench.{tag}.profile")
+    rename = {topics.payments: out_topics.payments, topics.lending: out_topics.lending}
+    asyncio.run(create_topics(broker, out_topics.inputs(), args.partitions))
+    expected = asyncio.run(produce(broker, ((rename[t], k, v) for t, k, v, _ in messages),
+                                   "profile input", len(messages)))
     progress(f"profile: txwatch over {expected:,} events, py-spy attached at the first batch")
     child = Child(workdir, "txwatch", "txwatch-profile",
                   child_spec(broker, out_topics, group, expected, args.partitions,
@@ -1684,6 +1690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["input"] = {"events": expected, "by_topic": dict(by_topic),
                                 "mean_message_bytes": round(mean_bytes, 1),
                                 "accounts": len({m[1] for m in messages})}
+            profile_messages = messages[:args.profile_events] if args.profile else []
             del messages
 
             drift = check_config_drift(Settings(broker=broker, app_id=f"bench-{tag}-drift",
@@ -1716,9 +1723,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # -- profile ---------------------------------------------------------------
             if args.profile:
-                results["profile"] = run_profile(args, broker, topics,
-                                                 min(expected, args.profile_events), workdir,
-                                                 tag, args.out_dir)
+                results["profile"] = run_profile(args, broker, topics, profile_messages,
+                                                 workdir, tag, args.out_dir)
 
             if external:
                 # Inputs, outputs and changelogs of this run all carry its tag.
