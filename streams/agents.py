@@ -3,12 +3,11 @@
 Per batch (``stream.take_events``), in this order:
 
 1. every message goes through :meth:`Monitor.process` (decode, count, detect);
-2. alerts and dead letters are sent, and the batch **waits for their
-   delivery**;
-3. each account touched by the batch is written to the table's changelog
-   once, serialised now (not when the producer gets to it), and the batch
-   waits for those writes too;
-4. Faust acks the batch and later commits its offsets.
+2. alerts, dead letters and records for the derived stages are handed to
+   the producer, then each account touched by the batch is written to the
+   table's changelog once, serialised now; the batch **waits for the delivery
+   of every one** (:class:`Outbox`);
+3. Faust acks the batch and later commits its offsets.
 
 So a crash at any point either replays the batch with its old state (the
 same alerts are produced again, with the same ids) or finds the state
@@ -39,6 +38,37 @@ log = logging.getLogger(__name__)
 LAG_INTERVAL_SECONDS = 5.0
 
 
+class Outbox:
+    """A batch's output records, handed to the producer together when the batch is done.
+
+    Faust's ``topic.send_soon`` wraps every record in a ``FutureMessage`` and
+    queues it for a background task. A worker produces up to two records per
+    input event (changelog, derived-stage records, their changelog), and that
+    layer was a tenth of its profile (``docs/performance/README.md``). Records
+    here go straight to ``app.producer.send`` (aiokafka's send and its own
+    batching); :meth:`deliver` waits for every one to be acknowledged. Faust
+    still flushes the same producer before it commits offsets. Keys and values
+    are bytes: every topic and table of the worker uses the raw serializer.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None,
+            partition: int | None = None) -> None:
+        self.records.append((topic, key, value, partition))
+
+    async def deliver(self, producer: Any) -> None:
+        """Send every record, in order, and wait until the broker has them all."""
+        records, self.records = self.records, []
+        deliveries = [await producer.send(topic, key, value, partition, None, None)
+                      for topic, key, value, partition in records]
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+
 class MonitorAgent:
     """Faust glue around :class:`streams.pipeline.Monitor`."""
 
@@ -47,6 +77,7 @@ class MonitorAgent:
         self.positions: dict[Any, int] = {}
         self._assigned_at: float | None = time.monotonic()
         self.batches = 0
+        self.topics = OutputTopics(runtime, runtime.table)
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         rt = self.runtime
@@ -54,7 +85,8 @@ class MonitorAgent:
         monitor = rt.monitor
         now = datetime.now(UTC)
         dirty: dict[bytes, int] = {}
-        pending: list[Any] = []
+        out = Outbox()
+        topics = self.topics
         done: dict[Any, int] = {}
         oldest_ts: float | None = None
         for event in events:
@@ -68,29 +100,23 @@ class MonitorAgent:
             )
             done[message.tp] = message.offset
             if outcome.dead_letter is not None:
-                pending.append(rt.dead_letter_topic.send_soon(
-                    key=message.key, value=dead_letter_record(outcome.dead_letter, now),
-                ))
+                out.add(topics.dead_letters, message.key,
+                        dead_letter_record(outcome.dead_letter, now))
                 continue
             if outcome.event is None or outcome.duplicate:
                 continue
             key = outcome.event.account_id.encode()
             dirty[key] = message.partition
             for alert in outcome.alerts:
-                pending.append(rt.alert_topic.send_soon(key=key, value=alert.dumps()))
+                out.add(topics.alerts, key, alert.dumps())
             for forward in outcome.forwards:
-                pending.append(send_forward(rt, forward))
-        if pending:
-            await asyncio.gather(*pending)
-        table = rt.table
-        written = [
-            table.send_changelog(partition, key, state.dumps(), value_serializer="raw")
-            for key, partition in dirty.items()
-            if (state := store.get(key)) is not None
-        ]
-        # Faust's pre-commit flush can return before its buffer is empty; waiting here
-        # keeps "state in Kafka before the offsets that produced it are committed"
-        await asyncio.gather(*written)
+                topics.forward(out, forward)
+        for key, partition in dirty.items():
+            if (state := store.get(key)) is not None:
+                out.add(topics.changelog, key, state.dumps(), partition)
+        # waiting here, not only on Faust's pre-commit flush, keeps "state in Kafka
+        # before the offsets that produced it are committed" whatever Faust does
+        await out.deliver(rt.app.producer)
         # only now: a lag of 0 then means every output of these messages is in Kafka
         self.positions.update(done)
         self.batches += 1
@@ -182,18 +208,21 @@ async def guarded(process: Any, events: Sequence[Any]) -> None:
         os._exit(BATCH_FAILED_EXIT)
 
 
-def send_forward(runtime: Runtime, forward: Forward) -> Any:
-    """Queue a record for a derived stage, keyed by that stage's entity."""
-    topic = runtime.stage_topics.get(forward.stage)
-    if topic is None:  # the stage is switched off in this configuration
-        return _done()
-    return topic.send_soon(key=forward.key.encode(), value=forward.dumps())
+class OutputTopics:
+    """The names of the topics an agent writes to, looked up once."""
 
+    def __init__(self, runtime: Runtime, table: Any) -> None:
+        self.alerts: str = runtime.alert_topic.get_topic_name()
+        self.dead_letters: str = runtime.dead_letter_topic.get_topic_name()
+        self.changelog: str = table.changelog_topic.get_topic_name()
+        self.stages: dict[str, str] = {
+            name: topic.get_topic_name() for name, topic in runtime.stage_topics.items()}
 
-def _done() -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_result(None)
-    return future
+    def forward(self, out: Outbox, forward: Forward) -> None:
+        """A record for a derived stage, keyed by that stage's entity."""
+        topic = self.stages.get(forward.stage)
+        if topic is not None:  # else the stage is switched off in this configuration
+            out.add(topic, forward.key.encode(), forward.dumps())
 
 
 class StageAgent:
@@ -204,6 +233,7 @@ class StageAgent:
         self.stage = stage
         self.table = table
         self.topic_name: str = runtime.stage_topics[stage.name].get_topic_name()
+        self.topics = OutputTopics(runtime, table)
         #: last offset processed per partition, for the lag gauge
         self.positions: dict[Any, int] = {}
 
@@ -212,7 +242,8 @@ class StageAgent:
         store = self.table.data
         now = datetime.now(UTC)
         dirty: dict[bytes, int] = {}
-        pending: list[Any] = []
+        out = Outbox()
+        topics = self.topics
         done: dict[Any, int] = {}
         for event in events:
             message = event.message
@@ -223,18 +254,13 @@ class StageAgent:
                 continue
             dirty[outcome.key] = message.partition
             for alert in outcome.alerts:
-                pending.append(rt.alert_topic.send_soon(
-                    key=alert.account_id.encode(), value=alert.dumps()))
+                out.add(topics.alerts, alert.account_id.encode(), alert.dumps())
             for forward in outcome.forwards:
-                pending.append(send_forward(rt, forward))
-        if pending:
-            await asyncio.gather(*pending)
-        written = [
-            self.table.send_changelog(partition, key, entry.dumps(), value_serializer="raw")
-            for key, partition in dirty.items()
-            if isinstance(entry := store.get(key), StageEntry)
-        ]
-        await asyncio.gather(*written)
+                topics.forward(out, forward)
+        for key, partition in dirty.items():
+            if isinstance(entry := store.get(key), StageEntry):
+                out.add(topics.changelog, key, entry.dumps(), partition)
+        await out.deliver(rt.app.producer)
         self.positions.update(done)
 
 
