@@ -237,7 +237,6 @@ RECORD_KINDS: Final = ("edge", "back", "relay")
 # after this account and lo, hi the smallest and largest amount (minor units) of the path's
 # transfers (0 for none known); in JSON the hash comes first.
 _HOPS, _FIRST, _LAST, _LOW = range(4)
-_ORIGIN_LO, _ORIGIN_HI = 3, 4
 _DEST_LO, _DEST_HI = 4, 5
 # A sender in memory: [last_ts, last_amount_minor].
 _TS, _AMOUNT = range(2)
@@ -715,13 +714,10 @@ class FlowSketch:
             last = max(last, ts)
             if last - first > window:
                 continue
-            if limit is not None:  # a transfer or path of unknown amount makes no checked path
-                if not amount or (hops and not lo):
-                    continue
-                lo = amount if not lo or amount < lo else lo
-                hi = amount if amount > hi else hi
-                if hi * 100 > lo * limit:
-                    continue
+            amounts = _extended(lo, hi, hops, amount, limit)
+            if amounts is None:
+                continue
+            lo, hi = amounts
             old = origins.get(key)
             hops += 1
             if old is None or hops < old[_HOPS] or (hops == old[_HOPS] and first > old[_FIRST]):
@@ -772,13 +768,10 @@ class FlowSketch:
             new_last = max(last, ts)
             if new_last - new_first > window:
                 continue
-            if limit is not None:  # as in _add_origins
-                if not amount or (hops and not lo):
-                    continue
-                lo = amount if not lo or amount < lo else lo
-                hi = amount if amount > hi else hi
-                if hi * 100 > lo * limit:
-                    continue
+            amounts = _extended(lo, hi, hops, amount, limit)
+            if amounts is None:
+                continue
+            lo, hi = amounts
             old = dests.get(key)
             if old is None or new_hops < old[_HOPS]:
                 dests[key] = [new_hops, new_first, new_last, min(low, receiver), lo, hi]
@@ -836,14 +829,14 @@ class FlowSketch:
             span = ring_last - ring_first
             if span > params.window_seconds:
                 continue
-            ring_lo, ring_hi = _widen(lo, hi, amount)
-            ring_lo, ring_hi = _widen(ring_lo, ring_hi, reach[_DEST_LO])
-            ring_lo, ring_hi = _widen(ring_lo, ring_hi, reach[_DEST_HI])
-            if limit is not None and (
-                not amount or (hops and not lo) or (reach[_HOPS] and not reach[_DEST_LO])
-                or ring_hi * 100 > ring_lo * limit
-            ):
-                continue  # an amount unknown, or too far apart
+            # the carried path and this edge, then the receiver's path back to ``key``
+            amounts = _extended(lo, hi, hops, amount, limit)
+            if amounts is None:
+                continue
+            amounts = _joined(amounts, reach[_DEST_LO], reach[_DEST_HI], reach[_HOPS], limit)
+            if amounts is None:
+                continue
+            ring_lo, ring_hi = amounts
             if best is None or (length, span) < best[:2]:
                 best = (length, span, ring_first, ring_last, ring_lo, ring_hi)
         if best is None:
@@ -1013,11 +1006,39 @@ _Origin = tuple[int, int, int, int, int, int, str | None]
 _Dest = tuple[int, int, int, int, int, int, int]
 
 
-def _widen(lo: int, hi: int, amount: int) -> tuple[int, int]:
-    """The amount range ``(lo, hi)`` with ``amount`` in it; 0 stands for none known."""
-    if not amount:
-        return lo, hi
-    return (amount if not lo or amount < lo else lo), (amount if amount > hi else hi)
+def _extended(lo: int, hi: int, hops: int, amount: int,
+              limit: int | None) -> tuple[int, int] | None:
+    """The amount range of a path of ``hops`` transfers once a transfer of ``amount`` is added.
+
+    ``None`` when the path fails the amount check (``limit`` is
+    :attr:`FlowParams.amount_limit`): its amounts spread too far, or the
+    transfer or the path (``hops > 0`` with ``lo`` 0) has no known amount, so
+    no checked path can go through it. Without a limit the range is kept but
+    never checked. Called for every carried entry: keep it cheap.
+    """
+    if limit is not None and (not amount or (hops and not lo)):
+        return None
+    if amount:
+        if not lo or amount < lo:
+            lo = amount
+        if amount > hi:
+            hi = amount
+    if limit is not None and hi * 100 > lo * limit:
+        return None
+    return lo, hi
+
+
+def _joined(amounts: tuple[int, int], lo: int, hi: int, hops: int,
+            limit: int | None) -> tuple[int, int] | None:
+    """Two paths' amount ranges as one (a ring), or ``None`` when it fails the check."""
+    if hops and not lo:
+        return None if limit is not None else amounts
+    if not hops:
+        return amounts
+    joined = min(amounts[0], lo) if amounts[0] else lo, max(amounts[1], hi)
+    if limit is not None and joined[1] * 100 > joined[0] * limit:
+        return None
+    return joined
 
 
 def _transfer(record: Mapping[str, Any]) -> tuple[int, str, str]:
