@@ -42,9 +42,9 @@ class Outbox:
     """A batch's output records, handed to the producer together when the batch is done.
 
     Faust's ``topic.send_soon`` wraps every record in a ``FutureMessage`` and
-    queues it for a background task. A worker produces up to two records per
+    queues it for a background task. A worker produces up to 2.3 records per
     input event (changelog, derived-stage records, their changelog), and that
-    layer was a tenth of its profile (``docs/performance/README.md``). Records
+    path was 18% of its profile (``docs/performance/README.md``). Records
     here go straight to ``app.producer.send`` (aiokafka's send and its own
     batching); :meth:`deliver` waits for every one to be acknowledged. Faust
     still flushes the same producer before it commits offsets. Keys and values
