@@ -36,6 +36,7 @@ def observe(event: Event, state: AccountState) -> dict[str, Any]:
     x: dict[str, Any] = state.velocity()
     x["event_type"] = event.event_type
     x["amount_minor"] = amount
+    x["currency"] = event.currency
     x["is_outflow"] = is_outflow
     x["is_inflow"] = event.event_type in INFLOW_TYPES
     x["hour"] = event.occurred_at.hour
