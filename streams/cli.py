@@ -309,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list TXWATCH_* variables")
 
-    from streams import evaluation, feedback, portfolio, rules
+    from streams import calibrate, evaluation, feedback, portfolio, rules
 
-    for module in (portfolio, rules, feedback, evaluation):
+    for module in (portfolio, rules, feedback, evaluation, calibrate):
         module.register_cli(sub)
     return parser
 

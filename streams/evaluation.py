@@ -83,6 +83,7 @@ from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
 
 if TYPE_CHECKING:
+    from streams.rules import RuleSet
     from streams.settings import Settings
     from streams.simulate import Producer
 
@@ -447,7 +448,8 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
              settings: Settings | None = None, labels: Iterable[LabelledEvent] | None = None,
-             progress: Progress | None = None) -> Evaluation:
+             progress: Progress | None = None,
+             instrument: Callable[[RuleSet], None] | None = None) -> Evaluation:
     """Run a JSON Lines history through the monitor offline and score its alerts.
 
     Parameters
@@ -465,6 +467,9 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         Ground truth; default the ``label`` field of the lines.
     progress
         Called with a line of text about every 2 s.
+    instrument
+        Called with the rule set before the first event, to observe its
+        alerters (``txwatch calibrate`` records every score this way).
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
@@ -478,6 +483,8 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         config = (read_config_file(settings.detector_config)
                   if settings.detector_config is not None else DEFAULT_CONFIG)
     rules = build_rules(config, STAGES)
+    if instrument is not None:
+        instrument(rules)
     decoder = Decoder(pii_key=settings.pii_key.get().encode(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)

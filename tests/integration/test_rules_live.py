@@ -161,3 +161,22 @@ async def test_the_rules_command_validates_publishes_and_shows(
     assert shown.returncode == 0, shown.stderr
     assert orjson.loads(shown.stdout) == tighter("cli-1")
     assert "version cli-1" in shown.stderr
+
+
+async def test_a_calibrated_configuration_round_trips_through_rules_publish(
+        env: dict[str, str], tmp_path: Path) -> None:
+    from streams import simulate
+    from streams.calibrate import calibrate
+
+    history = tmp_path / "history.jsonl"
+    simulate.write_jsonl(simulate.generate(5, accounts=300, events=3_000), history)
+    fitted = calibrate(history, 0.5)
+    out = tmp_path / "calibrated.json"
+    out.write_bytes(orjson.dumps(fitted.config))
+
+    published = await asyncio.to_thread(rules_cli, env, "publish", str(out))
+    assert published.returncode == 0, published.stderr
+    assert f"published version {fitted.config['version']}" in published.stdout
+    shown = await asyncio.to_thread(rules_cli, env, "show")
+    assert shown.returncode == 0, shown.stderr
+    assert orjson.loads(shown.stdout) == fitted.config
