@@ -713,6 +713,19 @@ def load_labels(path: Path) -> list[LabelledEvent]:
     return labels
 
 
+def history_positions(path: Path, labels: Iterable[GroupLabel]) -> dict[str, tuple[int, datetime]]:
+    """``(line index, occurred_at)`` of the labelled events in a JSON Lines history."""
+    wanted = {label.event_id for label in labels}
+    found: dict[str, tuple[int, datetime]] = {}
+    for position, raw in enumerate(_lines(path)):
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            record = orjson.loads(raw)
+            event_id = record["event_id"]
+            if event_id in wanted and event_id not in found:
+                found[event_id] = (position, parse_occurred_at(str(record["occurred_at"])))
+    return found
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         for line in source:
@@ -1018,8 +1031,11 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                         accounts: int = 5_000, rate: float | None = None,
                         config_path: Path | None = None, timeout: float = 600.0,
                         work_dir: Path | None = None, keep_topics: bool = False,
+                        history: Path | None = None,
+                        labels: Sequence[LabelledEvent] | None = None,
+                        group_labels: Sequence[GroupLabel] | None = None,
                         progress: Progress | None = None) -> Evaluation:
-    """Simulated labelled traffic through a real worker on ``settings.broker``, scored.
+    """Simulated labelled traffic, or a history, through a real worker, scored.
 
     Parameters
     ----------
@@ -1037,6 +1053,12 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         Worker log, state and labels file; a temporary directory by default.
     keep_topics
         Leave the evaluation's topics on the broker.
+    history
+        A JSON Lines history to replay (``txwatch replay``) instead of simulating.
+    labels
+        Ground truth for a history; default the ``label`` field of its lines.
+    group_labels
+        A labels CSV's rows: scored into ``Evaluation.labelled``, as by ``backtest``.
     progress
         Receives progress lines.
     """
@@ -1045,7 +1067,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     from streams.broker import create_topics
     from streams.rules import build_rules, read_config_file
     from streams.settings import Settings
-    from streams.simulate import kafka_producer, simulate
+    from streams.simulate import kafka_producer, replay, simulate
     from streams.stages import STAGES
 
     report = progress or (lambda line: None)
@@ -1071,17 +1093,28 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     started = time.monotonic()
     try:
         await asyncio.to_thread(worker.start)
-        report(f"evaluate: worker up, metrics on {worker.metrics_url}; publishing "
-               f"{events:,} simulated events (seed {seed}, every scenario)")
         published_at: dict[str, float] = {}
         labels_path = work_dir / "labels.jsonl"
-        sim = await simulate(
-            eval_settings, rate=rate, events=events, seed=seed, labels_path=labels_path,
-            progress=report, accounts=accounts, create_topics=False,
-            producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
-        )
-        if sim.failed:
-            message = f"{sim.failed:,} events were not delivered: {sim.first_error}"
+        incidents: Mapping[str, int] = {}
+        if history is None:
+            report(f"evaluate: worker up, metrics on {worker.metrics_url}; publishing "
+                   f"{events:,} simulated events (seed {seed}, every scenario)")
+            sim = await simulate(
+                eval_settings, rate=rate, events=events, seed=seed, labels_path=labels_path,
+                progress=report, accounts=accounts, create_topics=False,
+                producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
+            )
+            sent, failed, first_error, incidents = (sim.sent, sim.failed, sim.first_error,
+                                                    sim.incidents)
+        else:
+            report(f"evaluate: worker up, metrics on {worker.metrics_url}; replaying {history}")
+            replayed = await replay(
+                eval_settings, history, rate=rate, progress=report, create_topics=False,
+                producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
+            )
+            sent, failed, first_error = replayed.sent, replayed.failed, replayed.first_error
+        if failed:
+            message = f"{failed:,} events were not delivered: {first_error}"
             raise RuntimeError(message)
         consumer = AIOKafkaConsumer(eval_settings.alert_topic, bootstrap_servers=settings.broker,
                                     group_id=None, auto_offset_reset="earliest",
@@ -1110,13 +1143,13 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                     except OSError as exc:  # a busy worker may drop a scrape: ask again
                         log.debug("evaluate: /metrics scrape failed: %s", exc)
                     behind = state.lagging(watched, partitions)
-                if state.processed >= sim.sent and not behind:
+                if state.processed >= sent and not behind:
                     caught_up_since = caught_up_since or now
                 else:
                     caught_up_since = None
                 if now - last_report >= PROGRESS_EVERY:
                     last_report = now
-                    report(f"evaluate: worker processed {state.processed:,.0f} of {sim.sent:,} "
+                    report(f"evaluate: worker processed {state.processed:,.0f} of {sent:,} "
                            f"events; stage lag {_stage_lag(state, stage_topics, partitions)}; "
                            f"{len(records):,} alerts so far")
                 if (caught_up_since is not None and now - caught_up_since >= LAG_SETTLE_SECONDS
@@ -1127,7 +1160,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                     raise RuntimeError(message)
                 if now > deadline:
                     message = (f"the worker did not catch up in {timeout:.0f} s: processed "
-                               f"{state.processed:,.0f} of {sim.sent:,} input events; still "
+                               f"{state.processed:,.0f} of {sent:,} input events; still "
                                f"lagging: {_describe_lag(behind)}; its log: "
                                f"{worker.log_path}")
                     raise TimeoutError(message)
@@ -1141,15 +1174,22 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                 report(f"evaluate: deleted {len(deleted)} topics {prefix}.*")
     alerts = [a for a in (ScoredAlert.from_record(r, published_at) for r in records)
               if a is not None]
-    result = score(load_labels(labels_path), alerts,
-                   detectors=[a.name for a in rules.account]
-                   + [a.name for alerters in rules.stages.values() for a in alerters],
-                   mode="evaluate")
-    result.events = sim.sent
+    detectors = [a.name for a in rules.account]
+    detectors += [a.name for alerters in rules.stages.values() for a in alerters]
+    if history is None:
+        truth = load_labels(labels_path)
+    else:
+        truth = list(labels) if labels is not None else load_labels(history)
+    result = score(truth, alerts, detectors=detectors, mode="evaluate")
+    result.events = sent
     result.config_version = rules.version
     result.elapsed_seconds = time.monotonic() - started
+    if history is not None and group_labels is not None:
+        result.labelled = score_labelled(group_labels, alerts, events=sent,
+                                         history=history_positions(history, group_labels),
+                                         detectors=detectors)
     for row in result.scenarios:
-        started_incidents = sim.incidents.get(row.scenario)
+        started_incidents = incidents.get(row.scenario)
         if started_incidents is not None and started_incidents != row.incidents:
             result.notes.append(
                 f"{row.scenario}: the simulator started {started_incidents} incidents; the "
@@ -1195,18 +1235,36 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    """``txwatch evaluate [--events N] [--seed S] [--local-broker] [--json]``."""
+    """``txwatch evaluate [--events N] [--seed S] [--history FILE [--labels FILE]] [--json]``."""
     from streams.broker import LocalKafka
 
-    if args.config is not None and not args.config.exists():
-        print(f"txwatch evaluate: no such file: {args.config}", file=sys.stderr)
+    history: Path | None = getattr(args, "history", None)
+    labels_path: Path | None = getattr(args, "labels", None)
+    for path in (args.config, history, labels_path):
+        if path is not None and not path.exists():
+            print(f"txwatch evaluate: no such file: {path}", file=sys.stderr)
+            return 2
+    if labels_path is not None and history is None:
+        print("txwatch evaluate: --labels needs --history (the simulator labels its own "
+              "traffic)", file=sys.stderr)
+        return 2
+    try:
+        labels: list[LabelledEvent] | None = None
+        group_labels: list[GroupLabel] | None = None
+        if labels_path is not None and is_label_csv(labels_path):
+            group_labels = load_label_csv(labels_path)
+        elif labels_path is not None:
+            labels = load_labels(labels_path)
+    except (ValueError, OSError) as exc:
+        print(f"txwatch evaluate: {exc}", file=sys.stderr)
         return 2
 
     def run(target: Settings) -> Evaluation:
         return asyncio.run(evaluate_live(
             target, events=args.events, seed=args.seed, accounts=args.accounts, rate=args.rate,
             config_path=args.config, timeout=args.timeout, work_dir=args.work_dir,
-            keep_topics=args.keep_topics, progress=_progress_to_stderr))
+            keep_topics=args.keep_topics, history=history, labels=labels,
+            group_labels=group_labels, progress=_progress_to_stderr))
 
     try:
         if args.local_broker:
@@ -1252,6 +1310,12 @@ def register_cli(subparsers: Any) -> None:
                           help="worker log, state and labels (default: a temporary directory)")
     evaluate.add_argument("--keep-topics", action="store_true",
                           help="leave the evaluation's topics on the broker")
+    evaluate.add_argument("--history", type=Path, default=None,
+                          help="replay this JSON Lines history (e.g. from txwatch import-csv) "
+                               "instead of simulating; --rate paces it")
+    evaluate.add_argument("--labels", type=Path, default=None,
+                          help="with --history: a labels CSV (event_id,label,pattern,group) or "
+                               "JSON Lines labels; default the history's label fields")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
     evaluate.set_defaults(func=run_evaluate)
 

@@ -337,3 +337,24 @@ def test_backtest_scores_an_imported_history_and_writes_its_alerts(
     args.json = False
     assert run_backtest(Settings(), args) == 0
     assert "group recall" in capsys.readouterr().out
+
+
+def test_evaluate_takes_labels_only_with_a_history(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.evaluation import history_positions, run_evaluate
+    from streams.importer import import_csv
+
+    source = tmp_path / "ring.csv"
+    source.write_text(RING_CSV)
+    events, labels = tmp_path / "ring.jsonl", tmp_path / "ring-labels.csv"
+    import_csv(source, events, labels_out=labels)
+    args = argparse.Namespace(config=None, history=None, labels=labels)
+    assert run_evaluate(Settings(), args) == 2
+    assert "--labels needs --history" in capsys.readouterr().err
+    args = argparse.Namespace(config=None, history=tmp_path / "nope.jsonl", labels=labels)
+    assert run_evaluate(Settings(), args) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    positions = history_positions(events, load_label_csv(labels))
+    assert sorted(positions, key=lambda e: positions[e][0]) == [f"e{n}" for n in range(9)]
+    assert positions["e8"] == (8, datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=9600))
