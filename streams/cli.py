@@ -14,6 +14,7 @@ rules       publish or show the detector configuration all workers follow
 feedback    record an analyst's disposition of an alert
 evaluate    simulated scenarios through a real worker: precision, recall, delay
 backtest    the same table offline on a JSON Lines history
+import-csv  convert a labelled transaction CSV to events and a labels file
 """
 
 from __future__ import annotations
@@ -309,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list TXWATCH_* variables")
 
-    from streams import calibrate, evaluation, feedback, portfolio, rules
+    from streams import calibrate, evaluation, feedback, importer, portfolio, rules
 
-    for module in (portfolio, rules, feedback, evaluation, calibrate):
+    for module in (portfolio, rules, feedback, evaluation, importer, calibrate):
         module.register_cli(sub)
     return parser
 
