@@ -659,28 +659,41 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _percent(value: float | None) -> str:
+    """Like ``_share``, with two decimals below 1%, so 1 alert in 3,309 is not ``0.0%``.
+
+    Examples
+    --------
+    >>> _percent(1 / 3309), _percent(0.5), _percent(0.0), _percent(None)
+    ('0.03%', '50.0%', '0.0%', '-')
+    """
+    if value is not None and 0 < value < 0.01:
+        return f"{100 * value:.2f}%"
+    return _share(value)
+
+
 def render_labelled(report: LabelReport) -> str:
     """The per-pattern and per-detector tables of alerts scored against a labels CSV."""
     lines = [f"{report.alerts:,} alerts on {report.events:,} events: "
              f"{_rate(report.alerts_per_1000)} per 1,000 events; precision "
-             f"{_share(report.precision)} ({report.on_labelled:,} alerts name a labelled event); "
-             f"{report.labelled_events:,} labelled events", ""]
+             f"{_percent(report.precision)} (alerts naming a labelled event: "
+             f"{report.on_labelled:,}); {report.labelled_events:,} labelled events", ""]
     lines.append(f"{'pattern':22} {'groups':>6} {'caught':>6} {'group recall':>12} "
                  f"{'first 3':>7} {'events':>6} {'named':>6} {'event recall':>12}  caught by")
     for row in report.patterns:
         by = ", ".join(f"{name} {count}" for name, count in row.caught_by.items()) or "-"
         lines.append(f"{row.pattern:22} {row.groups:>6,} {row.caught:>6,} "
-                     f"{_share(row.group_recall):>12} {_share(row.first_3_share):>7} "
+                     f"{_percent(row.group_recall):>12} {_percent(row.first_3_share):>7} "
                      f"{row.labelled_events:>6,} {row.named_events:>6,} "
-                     f"{_share(row.event_recall):>12}  {by}")
+                     f"{_percent(row.event_recall):>12}  {by}")
     lines.append("")
     lines.append(f"{'detector':22} {'alerts':>8} {'per 1,000':>9} {'on labelled':>11} "
                  f"{'precision':>9}")
     for d in report.detectors:
         lines.append(f"{d.detector:22} {d.alerts:>8,} {_rate(d.alerts_per_1000):>9} "
-                     f"{d.on_labelled:>11,} {_share(d.precision):>9}")
+                     f"{d.on_labelled:>11,} {_percent(d.precision):>9}")
     lines.append(f"{'all detectors':22} {report.alerts:>8,} {_rate(report.alerts_per_1000):>9} "
-                 f"{report.on_labelled:>11,} {_share(report.precision):>9}")
+                 f"{report.on_labelled:>11,} {_percent(report.precision):>9}")
     lines.append("")
     lines.append("A group is caught when an alert of any detector names one of its events "
                  "(event_ids); first 3: named by an alert raised by the time the group's third "
