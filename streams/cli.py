@@ -52,27 +52,26 @@ def run_worker(settings: Settings) -> int:
 
     from streams import __version__
     from streams.app import create_app, load_detector_config
-    from streams.broker import BrokerError, check_access, create_topics
+    from streams.clients import KafkaSetupError, check_access, create_topics
     from streams.metrics import PrometheusSensor
     from streams.stages import STAGES, stage_topic
 
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = settings.kafka_client()
     try:
         # Wrong credentials or an untrusted certificate stop the worker here, with
         # the cause; Faust's own clients would log it and retry for ever.
-        asyncio.run(check_access(settings.broker, client))
+        asyncio.run(check_access(settings))
         # Faust subscribes before it would create a missing input topic, and would only
         # see it after a metadata refresh: create every topic we read or write first.
         # The derived stages' topics too: one Faust creates a few ms before it subscribes
         # can be missing from the group leader's metadata ("Ignoring missing topic"), and
         # that stage then reads nothing until the next rebalance, minutes later.
-        asyncio.run(create_topics(settings.broker, [
+        asyncio.run(create_topics(settings, [
             *settings.input_topics, settings.alert_topic, settings.dead_letter_topic,
             *(stage_topic(settings.app_id, name) for name in STAGES),
-        ], settings.partitions, client=client))
-    except BrokerError as exc:
+        ]))
+    except KafkaSetupError as exc:
         print(f"txwatch worker: {exc}", file=sys.stderr, flush=True)
         return 2
     with contextlib.suppress(ImportError):
@@ -146,12 +145,11 @@ def format_alert(alert: dict[str, Any], colour: bool) -> str:
 
 async def tail_alerts(settings: Settings, from_beginning: bool, as_json: bool,
                       limit: int | None = None, stop: asyncio.Event | None = None) -> int:
-    from aiokafka import AIOKafkaConsumer
+    from streams import clients
 
-    consumer = AIOKafkaConsumer(
-        settings.alert_topic, bootstrap_servers=settings.broker,
+    consumer = clients.consumer(
+        settings, settings.alert_topic, client_id=f"{settings.app_id}-tail",
         auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False, group_id=None, **settings.kafka_client(),
     )
     await consumer.start()
     seen = 0

@@ -708,10 +708,10 @@ class _Worker:
             self.proc.wait()
 
 
-async def _delete_topics(bootstrap: str, prefix: str) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
+async def _delete_topics(settings: Settings, prefix: str) -> list[str]:
+    from streams import clients
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-evaluate")
+    admin = clients.admin(settings, client_id="txwatch-evaluate")
     await admin.start()
     try:
         doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
@@ -748,9 +748,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     progress
         Receives progress lines.
     """
-    from aiokafka import AIOKafkaConsumer
-
-    from streams.broker import create_topics
+    from streams import clients
     from streams.rules import build_rules, read_config_file
     from streams.settings import Settings
     from streams.simulate import kafka_producer, simulate
@@ -771,9 +769,9 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     # subscribes can be missing from the metadata the group leader assigns from; Faust
     # then skips it ("Ignoring missing topic") and that stage reads nothing until the
     # next metadata refresh and rebalance, minutes later.
-    await create_topics(settings.broker, [*eval_settings.input_topics, eval_settings.alert_topic,
-                                          eval_settings.dead_letter_topic, *stage_topics.values()],
-                        settings.partitions)
+    await clients.create_topics(settings, [
+        *eval_settings.input_topics, eval_settings.alert_topic, eval_settings.dead_letter_topic,
+        *stage_topics.values()])
     worker = _Worker(env, work_dir / "worker.log")
     report(f"evaluate: starting a worker on topics {prefix}.* (log {worker.log_path})")
     started = time.monotonic()
@@ -791,9 +789,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         if sim.failed:
             message = f"{sim.failed:,} events were not delivered: {sim.first_error}"
             raise RuntimeError(message)
-        consumer = AIOKafkaConsumer(eval_settings.alert_topic, bootstrap_servers=settings.broker,
-                                    group_id=None, auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
+        consumer = clients.consumer(eval_settings, eval_settings.alert_topic)
         await consumer.start()
         records: list[dict[str, Any]] = []
         watched = [*eval_settings.input_topics, *stage_topics.values()]
@@ -845,7 +841,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         await asyncio.to_thread(worker.stop)
         if not keep_topics:
             with contextlib.suppress(Exception):
-                deleted = await _delete_topics(settings.broker, prefix)
+                deleted = await _delete_topics(settings, prefix)
                 report(f"evaluate: deleted {len(deleted)} topics {prefix}.*")
     alerts = [a for a in (ScoredAlert.from_record(r, published_at) for r in records)
               if a is not None]
