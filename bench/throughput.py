@@ -83,6 +83,10 @@ sys.path.insert(0, str(SOURCE))
 from streams import clients  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
+# Development mode, for this process and every child: the public PII key and the demo
+# configuration (README, "Configuration"); the benchmark never sees personal data.
+os.environ["TXWATCH_DEV_MODE"] = "1"
+
 DESIGNS = ("raw_aiokafka", "bare_faust", "naive_table", "txwatch")
 LABELS = {
     "raw_aiokafka": "raw aiokafka + orjson (ceiling)",
@@ -1049,7 +1053,8 @@ def sample_states(args: argparse.Namespace) -> tuple[list[bytes], dict[str, Any]
     from streams.app import build_monitor
     from streams.simulate import encode, generate, topic_for
 
-    settings = Settings()  # production topic names: they are stored in each state
+    # production topic names: they are stored in each state
+    settings = Settings(dev_mode=True)
     monitor = build_monitor(settings)
     accounts = args.state_sample_accounts
     events = accounts * args.state_events_per_account

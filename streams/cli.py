@@ -51,9 +51,10 @@ def run_worker(settings: Settings) -> int:
     from prometheus_client import start_http_server
 
     from streams import __version__
-    from streams.app import create_app, load_detector_config
+    from streams.app import create_app
     from streams.clients import KafkaSetupError, check_access, create_topics
     from streams.metrics import PrometheusSensor
+    from streams.rules import detector_config
     from streams.stages import STAGES, stage_topic
 
     logging.basicConfig(level=settings.log_level,
@@ -80,7 +81,7 @@ def run_worker(settings: Settings) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     from detectors.registry import build_alerters
 
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     alert_labels = set()
     for alerter in build_alerters(config):
         alert_labels.add((alerter.name, alerter.severity))
@@ -92,10 +93,11 @@ def run_worker(settings: Settings) -> int:
     port = server.server_address[1]
     print(f"txwatch worker: metrics on http://{settings.metrics_host}:{port}/metrics",
           flush=True)
-    if settings.pii_key == Settings().pii_key:
+    if settings.dev_mode:
         logging.getLogger("txwatch").warning(
-            "TXWATCH_PII_KEY is not set: personal identifiers are hashed with the "
-            "development key. Set a secret key in production.")
+            "development mode (TXWATCH_DEV_MODE): %s; never run it in production",
+            "a secret TXWATCH_PII_KEY is set" if settings.pii_key.get() else
+            "personal identifiers are hashed with the public development key")
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     runtime = create_app(settings, metrics)
     from streams.rules import preload_rules
@@ -216,7 +218,9 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(create_topics(bootstrap, [
             settings.payments_topic, settings.lending_topic, settings.alert_topic,
             settings.dead_letter_topic], settings.partitions))
-        env = {**os.environ, "TXWATCH_BROKER": bootstrap,
+        # the demo hashes with the public development key and lists the simulator's
+        # people on the blacklist (TXWATCH_DEV_MODE; README, "Configuration")
+        env = {**os.environ, "TXWATCH_DEV_MODE": "1", "TXWATCH_BROKER": bootstrap,
                "TXWATCH_METRICS_PORT": str(settings.metrics_port),
                "TXWATCH_DATA_DIR": str(data_dir)}
         worker = _spawn([sys.executable, "-m", "streams.cli", "worker"], env,
@@ -314,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands that hash personal identifiers: they need TXWATCH_PII_KEY or development mode.
+HASHING_COMMANDS = frozenset({"worker", "backtest", "evaluate"})
+
 COMMANDS = {
     "demo": run_demo, "simulate": run_simulate, "replay": run_replay, "tail": run_tail,
     "broker": run_broker, "settings": run_settings,
@@ -327,6 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"txwatch: bad setting: {exc}", file=sys.stderr)
         return 2
+    if args.command in HASHING_COMMANDS:
+        try:
+            settings.hashing_key()
+        except SettingsError as exc:
+            print(f"txwatch {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "worker":
         return run_worker(settings)
     func = getattr(args, "func", None) or COMMANDS[args.command]

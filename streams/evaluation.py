@@ -455,12 +455,11 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     path
         One event per line, in the order to process (as ``txwatch replay`` reads it).
     config
-        Detector configuration; default ``settings.detector_config``'s file, else
-        the packaged defaults.
+        Detector configuration; default :func:`streams.rules.detector_config`.
     settings
         For the PII key and message size limit (default: from the environment).
-        The blacklist's shipped hashes match the simulator's people only under
-        the development PII key.
+        In development mode the demo configuration's blacklist lists the
+        simulator's people under the development key.
     labels
         Ground truth; default the ``label`` field of the lines.
     progress
@@ -468,17 +467,16 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
-    from streams.rules import build_rules, read_config_file
+    from streams.rules import build_rules, detector_config
     from streams.settings import Settings
     from streams.stages import FLOW, STAGES, build_stages, stage_deriver
     from streams.state import AccountState
 
     settings = settings or Settings.from_env()
     if config is None:
-        config = (read_config_file(settings.detector_config)
-                  if settings.detector_config is not None else DEFAULT_CONFIG)
+        config = detector_config(settings)
     rules = build_rules(config, STAGES)
-    decoder = Decoder(pii_key=settings.pii_key.get().encode(),
+    decoder = Decoder(pii_key=settings.hashing_key(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)
     # The derived stages run in line: each event's records go through their stage

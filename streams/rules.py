@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import logging
 import sys
 import threading
@@ -55,7 +56,7 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from detectors.base import ThresholdAlerter
-from detectors.registry import build_alerters
+from detectors.registry import DEFAULT_CONFIG, build_alerters
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -68,6 +69,8 @@ CONFIG_KEY: Final = b"detectors"
 DEFAULT_CONFIG_TOPIC: Final = "txwatch.config"
 #: Seconds a worker waits, on its first assignment, to read the topic to its end.
 CATCH_UP_TIMEOUT: Final = 15.0
+#: What development mode lays over the packaged defaults (package data).
+DEMO_CONFIG_FILE: Final = Path(__file__).resolve().parent / "config" / "demo.json"
 #: Stage name of the detectors the account monitor (stage 1) runs.
 ACCOUNT_STAGE: Final = "account"
 
@@ -120,6 +123,38 @@ def read_config_file(path: Path) -> dict[str, Any]:
         message = f"cannot read detector configuration {path}: {exc.strerror or exc}"
         raise ValueError(message) from exc
     return parse_config(raw, f"detector configuration {path}")
+
+
+def demo_config() -> dict[str, Any]:
+    """The packaged defaults with ``config/demo.json``'s detector parameters laid over them.
+
+    Development mode's configuration (``txwatch demo``, the tests, the
+    benchmark): its blacklist lists the simulator's people under the public
+    development key, which production never uses.
+    """
+    overlay = orjson.loads(DEMO_CONFIG_FILE.read_bytes())
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for name, entry in overlay["detectors"].items():
+        config["detectors"][name]["params"].update(entry["params"])
+    return config
+
+
+def detector_config(settings: Settings) -> dict[str, Any]:
+    """The configuration a worker starts with.
+
+    ``TXWATCH_DETECTOR_CONFIG``'s file; else :func:`demo_config` in development
+    mode; else the packaged defaults.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read or is not a JSON object.
+    """
+    if settings.detector_config is not None:
+        return read_config_file(settings.detector_config)
+    if settings.dev_mode:
+        return demo_config()
+    return copy.deepcopy(DEFAULT_CONFIG)
 
 
 def stage_of(alerter: ThresholdAlerter) -> str:

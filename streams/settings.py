@@ -11,9 +11,11 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 PREFIX = "TXWATCH_"
+#: The public key personal identifiers are hashed with in development mode only.
+DEV_PII_KEY: Final = "txwatch-dev-only-key"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 
@@ -118,9 +120,16 @@ class Settings:
     metrics_host: str = _env("METRICS_HOST", "Address the /metrics endpoint binds.", "127.0.0.1")
     pii_key: Secret = _env(
         "PII_KEY",
-        "HMAC key for hashing personal identifiers. Set it in production; the default "
-        "is for local runs only and is reported at start-up.",
-        Secret("txwatch-dev-only-key"),
+        "HMAC key for hashing personal identifiers; no default: the worker, backtest and "
+        "evaluate refuse to start without it unless TXWATCH_DEV_MODE is on.",
+        Secret(""),
+    )
+    dev_mode: bool = _env(
+        "DEV_MODE",
+        "Development mode (txwatch demo, the tests, the benchmark; never in production): "
+        "without TXWATCH_PII_KEY the public development key hashes personal identifiers, "
+        "and without TXWATCH_DETECTOR_CONFIG the demo configuration applies.",
+        False,
     )
     max_message_bytes: int = _env(
         "MAX_MESSAGE_BYTES", "Larger input messages are dead-lettered as oversized.", 65536
@@ -183,6 +192,26 @@ class Settings:
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password.get()
         return options
+
+    def hashing_key(self) -> bytes:
+        """The HMAC key for personal identifiers, as bytes.
+
+        Raises
+        ------
+        SettingsError
+            ``TXWATCH_PII_KEY`` is not set and development mode is off: a
+            public default would let anyone reverse the hashes of phone numbers
+            and national ids by trying every value.
+        """
+        key = self.pii_key.get()
+        if key:
+            return key.encode()
+        if self.dev_mode:
+            return DEV_PII_KEY.encode()
+        message = (f"{PREFIX}PII_KEY is not set: set it to a secret key (it hashes personal "
+                   f"identifiers), or {PREFIX}DEV_MODE=1 for a local run with the public "
+                   f"development key")
+        raise SettingsError(message)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -943,9 +943,9 @@ def dishonest_persons() -> list[tuple[str, str]]:
     """``(national_id, phone)`` of the synthetic people on the simulated dishonest-person list.
 
     Generated from :data:`DISHONEST_SEED` like the population's identities, so
-    no clear identifier is written in the code; the blacklist detector's
-    default list holds their keyed hashes under the development key
-    (``TXWATCH_PII_KEY``'s default), checked by ``tests/unit/test_simulate.py``.
+    no clear identifier is written in the code; the demo configuration's
+    blacklist (``streams/config/demo.json``) holds their keyed hashes under the
+    development key, checked by ``tests/unit/test_simulate.py``.
     """
     rng = random.Random(DISHONEST_SEED)
     people = []
@@ -962,8 +962,8 @@ def blacklisted_identity(ctx: IncidentContext) -> Iterator[PlannedEvent]:
 
     The application carries the listed person's national id and phone number
     (see :func:`dishonest_persons`), from the account's usual device; it is
-    labelled. The blacklist detector flags it with the shipped list only when
-    the worker runs with the development PII key.
+    labelled. The blacklist detector flags it only in development mode
+    (``TXWATCH_DEV_MODE``: the development PII key and the demo configuration).
     """
     rng = ctx.rng
     victim = ctx.any_victim()

@@ -34,6 +34,7 @@ def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
         "TXWATCH_DEAD_LETTER_TOPIC": f"{prefix}.dead-letters",
         "TXWATCH_CONFIG_TOPIC": f"{prefix}.config",
         "TXWATCH_FEEDBACK_TOPIC": f"{prefix}.feedback",
+        "TXWATCH_DEV_MODE": "1",  # the development PII key unless TXWATCH_PII_KEY is given
         "TXWATCH_METRICS_PORT": "0",
         "TXWATCH_SESSION_TIMEOUT": "6",
         "TXWATCH_REBALANCE_TIMEOUT": "6",
