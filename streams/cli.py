@@ -54,10 +54,16 @@ def run_worker(settings: Settings) -> int:
     from streams.app import create_app
     from streams.clients import KafkaSetupError, check_access, create_topics
     from streams.metrics import PrometheusSensor
-    from streams.rules import detector_config
+    from streams.rules import build_rules, detector_config
     from streams.stages import STAGES, stage_topic
 
-    logging.basicConfig(level=settings.log_level,
+    try:  # a configuration that does not build stops the worker before it touches Kafka
+        build_rules(detector_config(settings), STAGES)
+    except ValueError as exc:
+        source = settings.detector_config or "the packaged detector configuration"
+        print(f"txwatch worker: {source}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # Wrong credentials or an untrusted certificate stop the worker here, with
@@ -267,8 +273,11 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # -- settings -------------------------------------------------------------------------
 def run_settings(settings: Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(Settings.markdown_table())
+        return 0
     for name, default, help_text in Settings.documentation():
-        print(f"{name:32} {default:28} {help_text}")
+        print(f"{name:36} {default:24} {help_text}")
     return 0
 
 
@@ -309,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", type=Path, default=None)
     broker.add_argument("--port", type=int, default=None)
 
-    sub.add_parser("settings", help="list TXWATCH_* variables")
+    settings = sub.add_parser("settings", help="list TXWATCH_* variables")
+    settings.add_argument("--markdown", action="store_true",
+                          help="print the README's table (Configuration) instead")
 
     from streams import evaluation, feedback, portfolio, rules
 
@@ -328,6 +339,16 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (txwatch settings | head): end quietly, and keep the
+        # interpreter's final flush of stdout from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
