@@ -761,12 +761,11 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     path
         One event per line, in the order to process (as ``txwatch replay`` reads it).
     config
-        Detector configuration; default ``settings.detector_config``'s file, else
-        the packaged defaults.
+        Detector configuration; default :func:`streams.rules.detector_config`.
     settings
         For the PII key and message size limit (default: from the environment).
-        The blacklist's shipped hashes match the simulator's people only under
-        the development PII key.
+        In development mode the demo configuration's blacklist lists the
+        simulator's people under the development key.
     labels
         Ground truth; default the ``label`` field of the lines.
     group_labels
@@ -782,19 +781,18 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
-    from streams.rules import build_rules, read_config_file
+    from streams.rules import build_rules, detector_config
     from streams.settings import Settings
     from streams.stages import FLOW, STAGES, build_stages, stage_deriver
     from streams.state import AccountState
 
     settings = settings or Settings.from_env()
     if config is None:
-        config = (read_config_file(settings.detector_config)
-                  if settings.detector_config is not None else DEFAULT_CONFIG)
+        config = detector_config(settings)
     rules = build_rules(config, STAGES)
     if instrument is not None:
         instrument(rules)
-    decoder = Decoder(pii_key=settings.pii_key.get().encode(),
+    decoder = Decoder(pii_key=settings.hashing_key(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)
     # The derived stages run in line: each event's records go through their stage
@@ -1033,10 +1031,10 @@ class _Worker:
             self.proc.wait()
 
 
-async def _delete_topics(bootstrap: str, prefix: str) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
+async def _delete_topics(settings: Settings, prefix: str) -> list[str]:
+    from streams import clients
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-evaluate")
+    admin = clients.admin(settings, client_id="txwatch-evaluate")
     await admin.start()
     try:
         doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
@@ -1082,9 +1080,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     progress
         Receives progress lines.
     """
-    from aiokafka import AIOKafkaConsumer
-
-    from streams.broker import create_topics
+    from streams import clients
     from streams.rules import build_rules, read_config_file
     from streams.settings import Settings
     from streams.simulate import kafka_producer, replay, simulate
@@ -1105,9 +1101,9 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     # subscribes can be missing from the metadata the group leader assigns from; Faust
     # then skips it ("Ignoring missing topic") and that stage reads nothing until the
     # next metadata refresh and rebalance, minutes later.
-    await create_topics(settings.broker, [*eval_settings.input_topics, eval_settings.alert_topic,
-                                          eval_settings.dead_letter_topic, *stage_topics.values()],
-                        settings.partitions)
+    await clients.create_topics(settings, [
+        *eval_settings.input_topics, eval_settings.alert_topic, eval_settings.dead_letter_topic,
+        *stage_topics.values()])
     worker = _Worker(env, work_dir / "worker.log")
     report(f"evaluate: starting a worker on topics {prefix}.* (log {worker.log_path})")
     started = time.monotonic()
@@ -1136,9 +1132,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         if failed:
             message = f"{failed:,} events were not delivered: {first_error}"
             raise RuntimeError(message)
-        consumer = AIOKafkaConsumer(eval_settings.alert_topic, bootstrap_servers=settings.broker,
-                                    group_id=None, auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
+        consumer = clients.consumer(eval_settings, eval_settings.alert_topic)
         await consumer.start()
         records: list[dict[str, Any]] = []
         watched = [*eval_settings.input_topics, *stage_topics.values()]
@@ -1190,7 +1184,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         await asyncio.to_thread(worker.stop)
         if not keep_topics:
             with contextlib.suppress(Exception):
-                deleted = await _delete_topics(settings.broker, prefix)
+                deleted = await _delete_topics(settings, prefix)
                 report(f"evaluate: deleted {len(deleted)} topics {prefix}.*")
     alerts = [a for a in (ScoredAlert.from_record(r, published_at) for r in records)
               if a is not None]

@@ -65,7 +65,7 @@ async def test_evaluate_scores_the_scenarios_through_a_real_worker(
     # and records of different partitions interleave in another order.
     history = tmp_path / "events.jsonl"
     write_jsonl(generate(SEED, events=EVENTS, accounts=ACCOUNTS), history)
-    offline = backtest(history, settings=Settings())
+    offline = backtest(history, settings=Settings(dev_mode=True))
     single_topic = {r.scenario for r in result.scenarios
                     if expected_detector(r.scenario) not in STAGE_DETECTORS} - {"borrow_and_vanish"}
     assert {r.scenario: r.recall for r in offline.scenarios if r.scenario in single_topic} == \

@@ -123,7 +123,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_backtest_scores_the_simulator_scenarios(history: tuple[Path, Path]) -> None:
     events, labels_path = history
-    result = backtest(events, settings=Settings())
+    result = backtest(events, settings=Settings(dev_mode=True))
     assert result.events == 6000 and result.dead_letters == 0
     assert result.config_version == DEFAULT_CONFIG["version"]
     rows = {row.scenario: row for row in result.scenarios}
@@ -133,7 +133,7 @@ def test_backtest_scores_the_simulator_scenarios(history: tuple[Path, Path]) -> 
     assert rows["velocity_burst"].median_delay_seconds is not None
     assert 0 < rows["velocity_burst"].median_delay_seconds < 60
     # the labels file gives the same ground truth as the events' label field
-    from_file = backtest(events, settings=Settings(), labels=load_labels(labels_path))
+    from_file = backtest(events, settings=Settings(dev_mode=True), labels=load_labels(labels_path))
     assert [r.recall for r in from_file.scenarios] == [r.recall for r in result.scenarios]
     assert [d.alerts for d in from_file.detectors] == [d.alerts for d in result.detectors]
 
@@ -144,8 +144,8 @@ def test_backtest_with_a_stricter_configuration_raises_fewer_alerts(
     strict = copy.deepcopy(DEFAULT_CONFIG)
     strict["version"] = "strict-1"
     strict["detectors"]["velocity"]["params"]["limits"]["1m"].update(count=50, distinct_cp=50)
-    default = backtest(events, settings=Settings())
-    tuned = backtest(events, strict, settings=Settings())
+    default = backtest(events, settings=Settings(dev_mode=True))
+    tuned = backtest(events, strict, settings=Settings(dev_mode=True))
     assert tuned.config_version == "strict-1"
     velocity = {d.detector: d.alerts for d in tuned.detectors}["velocity"]
     assert velocity < {d.detector: d.alerts for d in default.detectors}["velocity"]
@@ -162,19 +162,19 @@ def test_backtest_command_prints_the_table_and_refuses_bad_input(
         return argparse.Namespace(**{"file": events, "config": None, "labels": None,
                                      "json": False, **extra})
 
-    assert run_backtest(Settings(), args()) == 0
+    assert run_backtest(Settings(dev_mode=True), args()) == 0
     out = capsys.readouterr().out
     assert out.startswith("backtest: 6,000 events")
     assert "velocity_burst" in out and "precision" in out
 
-    assert run_backtest(Settings(), args(json=True)) == 0
+    assert run_backtest(Settings(dev_mode=True), args(json=True)) == 0
     assert orjson.loads(capsys.readouterr().out)["events"] == 6000
 
     bad = tmp_path / "bad.json"
     bad.write_bytes(orjson.dumps({"version": "x", "detectors": {"velocity": {}}}))
-    assert run_backtest(Settings(), args(config=bad)) == 2
+    assert run_backtest(Settings(dev_mode=True), args(config=bad)) == 2
     assert "detectors.velocity.threshold is required" in capsys.readouterr().err
-    assert run_backtest(Settings(), args(file=tmp_path / "nope.jsonl")) == 2
+    assert run_backtest(Settings(dev_mode=True), args(file=tmp_path / "nope.jsonl")) == 2
 
 
 def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: P
     path = tmp_path / "ring.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
 
-    result = backtest(path, settings=Settings())
+    result = backtest(path, settings=Settings(dev_mode=True))
     rows = {row.scenario: row for row in result.scenarios}
     assert rows["cycle"].incidents == 1 and rows["cycle"].recall == 1.0
     cycle = {row.detector: row for row in result.detectors}["cycle"]
@@ -202,7 +202,7 @@ def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: P
     config = copy.deepcopy(DEFAULT_CONFIG)
     for name in ("cycle", "scatter_gather", "gather_scatter", "fan_in"):
         del config["detectors"][name]
-    off = backtest(path, config, settings=Settings())
+    off = backtest(path, config, settings=Settings(dev_mode=True))
     assert {row.scenario: row for row in off.scenarios}["cycle"].recall == 0.0
 
 
