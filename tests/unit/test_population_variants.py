@@ -5,8 +5,8 @@ Every variant's history (:data:`EVENTS` events, seed :data:`SEED`) goes through 
 worker's own code offline (:func:`streams.evaluation.backtest`) with the default
 configuration. A detector whose configuration has a ``budget`` (a fraction of the events
 it scores) must keep its alerts within it; one without is held to
-:data:`CEILING_PER_1000`. The figures per variant and detector, and the command that
-prints them, are in ``docs/detection.md``.
+:data:`CEILING_PER_1000`. The figures per variant and detector, and the commands that
+print them, are in ``docs/population-variants.md``.
 """
 
 from __future__ import annotations
