@@ -246,6 +246,18 @@ class ThresholdAlerter(_Parametrised):
             whole_stream.learn_one(x)
         return finding, state
 
+    def learn_only(self, x: Features, state: Any = None) -> Any:
+        """Update an account's state with ``x`` without scoring it or counting it in the budget.
+
+        For an event whose effect on the global state (the model, the budget)
+        is already there, as after a crash that wrote that state and not the
+        account's. A whole-stream detector learns nothing; returns the state.
+        """
+        detector = self.detector
+        if isinstance(detector, KeyedDetector):
+            return detector.learn_one(x, detector.new_state() if state is None else state)
+        return state
+
     def _alerts(self, x: Features, score: float) -> bool:
         budget = self._budget
         if budget is None:
