@@ -329,6 +329,12 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
     _reject_unknown_keys(spec, _SPEC_KEYS, where)
 
     budget, segment_by, min_scored = _budget(spec, where)
+    stage = getattr(cls, "stage", None)
+    if budget is not None and stage:
+        # a derived stage keeps no state of its detectors across restarts
+        message = (f"{where}.budget: {name} runs in the {stage} stage, whose detectors"
+                   " take a fixed threshold")
+        raise ValueError(message)
     if "threshold" in spec:
         threshold = _number(spec["threshold"], f"{where}.threshold")
     elif budget is not None:

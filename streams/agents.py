@@ -6,8 +6,9 @@ Per batch (``stream.take_events``), in this order:
 2. alerts, dead letters and records for the derived stages are handed to
    the producer, then each account touched by the batch is written to the
    table's changelog once, serialised now, and so is each input partition's
-   model record (global models, alert budgets); the batch **waits for the
-   delivery of every one** (:class:`Outbox`);
+   model record (global models, alert budgets), delivered after the alerts and
+   before the accounts; the batch **waits for the delivery of every one**
+   (:class:`Outbox`);
 3. Faust acks the batch and later commits its offsets.
 
 So a crash at any point either replays the batch with its old state (the
@@ -116,12 +117,21 @@ class MonitorAgent:
                 out.add(topics.alerts, key, alert.dumps())
             for forward in outcome.forwards:
                 topics.forward(out, forward)
+        models = monitor.model_snapshots(model_store)
+        if models and self.models_changelog is not None:
+            # Three steps, each delivered before the next: the alerts, then the
+            # partitions' models, then the accounts. A crash in between leaves the
+            # models behind the alerts they raised and ahead of the accounts, which
+            # the replay mends (Monitor.process skips what the models learnt); models
+            # behind the accounts would miss events for good (the replay guard skips
+            # them), and records sent together may land in any order.
+            await out.deliver(rt.app.producer)
+            for model_key, model_partition, record in models:
+                out.add(self.models_changelog, model_key, record, model_partition)
+            await out.deliver(rt.app.producer)
         for key, partition in dirty.items():
             if (state := store.get(key)) is not None:
                 out.add(topics.changelog, key, state.dumps(), partition)
-        for model_key, model_partition, record in monitor.model_snapshots(model_store):
-            if self.models_changelog is not None:
-                out.add(self.models_changelog, model_key, record, model_partition)
         # waiting here, not only on Faust's pre-commit flush, keeps "state in Kafka
         # before the offsets that produced it are committed" whatever Faust does
         await out.deliver(rt.app.producer)

@@ -542,6 +542,10 @@ def _config(**spec: Any) -> dict[str, Any]:
         (_config(budget=0.01, segment_by=[""]), "amount_outlier.segment_by must be a list"),
         (_config(budget=0.01, min_scored=0), "amount_outlier.min_scored must be an int >= 1"),
         (_config(budget=0.01, min_scored=2.5), "amount_outlier.min_scored must be an int >= 1"),
+        (
+            {"version": "v", "detectors": {"cycle": {"budget": 0.01}}},
+            "detectors.cycle.budget: cycle runs in the flow stage",
+        ),
         (_config(params=[1]), "detectors.amount_outlier.params must be a mapping"),
         (_config(params={"halflife": 3}), "detectors.amount_outlier.params.halflife: unknown"),
         (_config(params={"half_life": -1}), "detectors.amount_outlier.params: half_life must be"),
