@@ -221,11 +221,7 @@ def keep_learnt_models(old: Sequence[ThresholdAlerter],
         before = previous.get(alerter.name)
         if (before is not None and type(before.detector) is type(alerter.detector)
                 and before.detector._get_params() == alerter.detector._get_params()):
-            alerter = ThresholdAlerter(
-                before.detector, threshold=alerter.threshold, severity=alerter.severity,
-                critical_threshold=alerter.critical_threshold,
-                learn_flagged=alerter.learn_flagged,
-            )
+            alerter = alerter.clone(detector=before.detector)
         kept.append(alerter)
     return kept
 
