@@ -88,7 +88,7 @@ from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
 
 if TYPE_CHECKING:
-    from streams.rules import RuleSet
+    from streams.sensors import Sensor
     from streams.settings import Settings
     from streams.simulate import Producer
 
@@ -753,7 +753,7 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
              group_labels: Sequence[GroupLabel] | None = None,
              alerts_out: BinaryIO | None = None,
              progress: Progress | None = None,
-             instrument: Callable[[RuleSet], None] | None = None) -> Evaluation:
+             sensor: Sensor | None = None) -> Evaluation:
     """Run a JSON Lines history through the monitor offline and score its alerts.
 
     Parameters
@@ -775,9 +775,9 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         Receives every alert as JSON Lines, the record the worker publishes.
     progress
         Called with a line of text about every 2 s.
-    instrument
-        Called with the rule set before the first event, to observe its
-        alerters (``txwatch calibrate`` records every score this way).
+    sensor
+        Observability hooks for the monitor and the derived stages
+        (``txwatch calibrate`` records every score with one).
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
@@ -790,19 +790,17 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     if config is None:
         config = detector_config(settings)
     rules = build_rules(config, STAGES)
-    if instrument is not None:
-        instrument(rules)
     decoder = Decoder(pii_key=settings.hashing_key(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)
     # The derived stages run in line: each event's records go through their stage
     # (and the records that stage sends on, a flow relay wave) before the next event,
     # as if every internal topic were one partition consumed without lag.
-    stages = build_stages(rules.stages, rules.version)
+    stages = build_stages(rules.stages, rules.version, sensor)
     stage_states: dict[str, dict[bytes, Any]] = {name: {} for name in stages}
     stage_offsets = dict.fromkeys(stages, -1)
     derive = stage_deriver(stages, stage_states.get(FLOW)) if stages else None
-    monitor = Monitor(decoder, rules.account, rules.version, derive=derive)
+    monitor = Monitor(decoder, rules.account, rules.version, sensor=sensor, derive=derive)
     states: dict[bytes, AccountState] = {}
     found_labels: list[LabelledEvent] = []
     alerts: list[ScoredAlert] = []
