@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,38 +144,54 @@ def format_alert(alert: dict[str, Any], colour: bool) -> str:
             f"    {reasons}  [score {alert.get('score')}, id {alert.get('alert_id')}]")
 
 
-async def tail_alerts(settings: Settings, from_beginning: bool, as_json: bool,
-                      limit: int | None = None, stop: asyncio.Event | None = None) -> int:
+async def follow_topic(settings: Settings, topic: str, handle: Callable[[Any], bool], *,
+                       from_beginning: bool, what: str,
+                       stop: asyncio.Event | None = None) -> None:
+    """Hand each record of ``topic`` to ``handle`` until it returns False, or ``stop`` is set.
+
+    Says on stderr that it is waiting, once the consumer is connected.
+    """
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        settings.alert_topic, bootstrap_servers=settings.broker,
+        topic, bootstrap_servers=settings.broker,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False, group_id=None, **settings.kafka_client(),
     )
-    await consumer.start()
-    seen = 0
-    colour = sys.stdout.isatty()
     try:
+        await consumer.start()
+        _progress(f"waiting for {what} on {topic} at {settings.broker}; Ctrl-C to stop")
         while stop is None or not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    if as_json:
-                        print(record.value.decode(), flush=True)
-                    else:
-                        print(format_alert(orjson.loads(record.value), colour), flush=True)
-                    seen += 1
-                    if limit is not None and seen >= limit:
-                        return seen
+                    if not handle(record):
+                        return
     finally:
         await consumer.stop()
+
+
+async def tail_alerts(settings: Settings, from_beginning: bool, as_json: bool,
+                      limit: int | None = None, stop: asyncio.Event | None = None) -> int:
+    seen = 0
+    colour = sys.stdout.isatty()
+
+    def show(record: Any) -> bool:
+        nonlocal seen
+        if as_json:
+            print(record.value.decode(), flush=True)
+        else:
+            print(format_alert(orjson.loads(record.value), colour), flush=True)
+        seen += 1
+        return limit is None or seen < limit
+
+    await follow_topic(settings, settings.alert_topic, show, from_beginning=from_beginning,
+                       what="alerts", stop=stop)
     return seen
 
 
 def run_tail(settings: Settings, args: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail_alerts(settings, args.from_beginning, args.json, args.limit))
+    asyncio.run(tail_alerts(settings, args.from_beginning, args.json, args.limit))
     return 0
 
 
@@ -321,18 +337,132 @@ COMMANDS = {
     "broker": run_broker, "settings": run_settings,
 }
 
+#: Commands that talk to the broker in TXWATCH_BROKER (``demo`` and ``broker`` start
+#: their own, ``settings`` and ``backtest`` need none).
+BROKER_COMMANDS = frozenset({"worker", "simulate", "replay", "tail", "portfolio", "rules",
+                             "feedback", "dead-letters", "evaluate"})
+#: Seconds allowed for the first connection to the broker before a command gives up.
+ACCESS_TIMEOUT = 5.0
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def bootstrap_problem(bootstrap: str) -> str | None:
+    """Why ``bootstrap`` is not ``host:port[,host:port]``, or ``None`` when it is.
+
+    Examples
+    --------
+    >>> bootstrap_problem("127.0.0.1:9092,kafka-2:9092") is None
+    True
+    >>> bootstrap_problem("host:notaport")
+    "port 'notaport' of 'host:notaport' is not a number from 1 to 65535"
+    """
+    servers = [part.strip() for part in bootstrap.split(",")]
+    if not any(servers):
+        return "is empty"
+    for server in servers:
+        host, colon, port = server.rpartition(":")
+        if not colon or not host:
+            return f"{server!r} is not host:port"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"port {port!r} of {server!r} is not a number from 1 to 65535"
+    return None
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    action = getattr(args, "rules_command", None) or getattr(args, "portfolio_command", None)
+    return f"{args.command} {action}" if action else str(args.command)
+
+
+def _uses_broker(args: argparse.Namespace) -> bool:
+    if args.command == "evaluate" and getattr(args, "local_broker", False):
+        return False
+    return args.command in BROKER_COMMANDS
+
+
+def _broker_check(settings: Settings, args: argparse.Namespace) -> str | None:
+    """One line saying why the command cannot use TXWATCH_BROKER, or ``None``."""
+    problem = bootstrap_problem(settings.broker)
+    if problem is not None:
+        return f"TXWATCH_BROKER={settings.broker!r}: {problem} (expected host:port[,host:port])"
+    if args.command == "worker":
+        return None  # run_worker checks access itself, with the same message
+    from streams.broker import BrokerError, check_access
+
+    try:
+        asyncio.run(check_access(settings.broker, settings.kafka_client(),
+                                 timeout=ACCESS_TIMEOUT))
+    except BrokerError as exc:
+        hint = ("; start one with `txwatch broker`, or point TXWATCH_BROKER at yours"
+                if str(exc).startswith("cannot reach") else "")
+        return f"{exc}{hint}"
+    return None
+
+
+def _quiet_libraries(settings: Settings) -> None:
+    """Keep aiokafka's connection errors out of a short command's output.
+
+    The command reports a failure itself, in one line; the library would log
+    the same failure a second time, with retries. ``TXWATCH_LOG_LEVEL=DEBUG``
+    shows it all.
+    """
+    if settings.log_level.upper() == "DEBUG":
+        logging.basicConfig(level=logging.DEBUG,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    for name in ("aiokafka", "kafka", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    from aiokafka.errors import KafkaError
+
+    from streams.broker import BrokerError
+
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"txwatch: bad setting: {exc}", file=sys.stderr)
         return 2
-    if args.command == "worker":
-        return run_worker(settings)
-    func = getattr(args, "func", None) or COMMANDS[args.command]
-    return int(func(settings, args))
+    name = _command_name(args)
+    if args.command not in ("worker", "demo"):
+        _quiet_libraries(settings)
+    if _uses_broker(args):
+        problem = _broker_check(settings, args)
+        if problem is not None:
+            print(f"txwatch {name}: {problem}", file=sys.stderr, flush=True)
+            return 2
+    try:
+        if args.command == "worker":
+            return run_worker(settings)
+        func = getattr(args, "func", None) or COMMANDS[args.command]
+        status = int(func(settings, args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return status
+    except (KafkaError, BrokerError) as exc:
+        # The broker went away after the first check, or refused a request.
+        reason = str(exc) or type(exc).__name__
+        print(f"txwatch {name}: Kafka at {settings.broker}: {reason}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``txwatch COMMAND ...``; returns the exit status.
+
+    2 when the command cannot start (a bad setting, an unreachable or
+    malformed broker address), 130 after Ctrl-C, and 141 when the reader of
+    stdout went away (``txwatch settings | head``), as for a tool that
+    SIGPIPE ended; never a traceback for any of these.
+    """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Python would report the closed pipe again when it flushes stdout at exit.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

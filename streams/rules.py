@@ -576,8 +576,8 @@ async def read_latest_config(bootstrap: str, topic: str,
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 client_id="txwatch-rules-show")
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a consumer that fails to start is closed too
         tp = TopicPartition(topic, 0)
         if topic not in await consumer.topics():  # also loads the topic's metadata
             return None
