@@ -1,20 +1,4 @@
-"""``txwatch``: the command line.
-
-Commands
---------
-worker      run a monitor worker (Faust) with its /metrics endpoint
-demo        local broker + worker + simulator, alerts printed live (Ctrl-C stops all)
-simulate    publish realistic labelled traffic to the input topics
-replay      publish a JSON Lines file of events, keeping their event times
-tail        print alerts as they arrive
-broker      run the local Apache Kafka broker in the foreground
-settings    list every TXWATCH_* variable with its default
-portfolio   lending book: migration matrix, concentration, vintages
-rules       publish or show the detector configuration all workers follow
-feedback    record an analyst's disposition of an alert
-evaluate    simulated scenarios through a real worker: precision, recall, delay
-backtest    the same table offline on a JSON Lines history
-"""
+"""The ``txwatch`` command line: one entry point, a subcommand per task."""
 
 from __future__ import annotations
 
@@ -280,24 +264,60 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- settings -------------------------------------------------------------------------
+def plain_value(value: Any) -> str:
+    """A setting's value as a person would type it in the environment."""
+    from streams.settings import Secret
+
+    if value is None:
+        return "unset"
+    if isinstance(value, Secret):
+        return "(secret)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return "(empty)"
+    return str(value)
+
+
+def settings_table() -> list[str]:
+    """``txwatch settings``: variable, default and meaning in aligned columns."""
+    from dataclasses import fields
+
+    rows = [("VARIABLE", "DEFAULT", "MEANING")]
+    rows += [(f.metadata["env"], plain_value(f.default), f.metadata["help"])
+             for f in fields(Settings)]
+    name_width = max(len(row[0]) for row in rows)
+    default_width = max(len(row[1]) for row in rows)
+    return [f"{name:{name_width}}  {default:{default_width}}  {meaning}".rstrip()
+            for name, default, meaning in rows]
+
+
 def run_settings(settings: Settings, args: argparse.Namespace) -> int:
-    for name, default, help_text in Settings.documentation():
-        print(f"{name:32} {default:28} {help_text}")
+    for line in settings_table():
+        print(line)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="txwatch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run a monitor worker")
+DESCRIPTION = """\
+txwatch: an event-streaming transaction monitor on Kafka.
+Settings come from TXWATCH_* environment variables (txwatch settings lists them);
+txwatch COMMAND --help shows a command's options."""
 
-    demo = sub.add_parser("demo", help="broker + worker + simulator, alerts live")
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="txwatch", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands",
+                                metavar="COMMAND")
+    sub.add_parser("worker", help="run a monitor worker (Faust) with its /metrics endpoint")
+
+    demo = sub.add_parser(
+        "demo", help="local broker + worker + simulator, alerts printed live (Ctrl-C stops all)")
     demo.add_argument("--rate", type=float, default=200.0, help="simulated events per second")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
 
-    sim = sub.add_parser("simulate", help="publish labelled simulated traffic")
+    sim = sub.add_parser("simulate", help="publish realistic labelled traffic to the input topics")
     sim.add_argument("--rate", type=float, default=None,
                      help="events per second (default: as fast as possible)")
     sim.add_argument("--duration", type=float, default=None, help="seconds to run")
@@ -309,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--labels", type=Path, default=None,
                      help="write the injected scenarios' labels to this JSON Lines file")
 
-    replay = sub.add_parser("replay", help="publish events from a JSON Lines file")
+    replay = sub.add_parser(
+        "replay", help="publish a JSON Lines file of events, keeping their event times")
     replay.add_argument("file", type=Path)
     replay.add_argument("--rate", type=float, default=None,
                         help="events per second (default: as fast as possible)")
@@ -319,11 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print raw alert JSON")
     tail.add_argument("--limit", type=int, default=None, help="stop after N alerts")
 
-    broker = sub.add_parser("broker", help="run the local Apache Kafka broker")
+    broker = sub.add_parser("broker", help="run a local Apache Kafka broker in the foreground")
     broker.add_argument("--data-dir", type=Path, default=None)
     broker.add_argument("--port", type=int, default=None)
 
-    sub.add_parser("settings", help="list TXWATCH_* variables")
+    sub.add_parser("settings", help="list every TXWATCH_* variable with its default")
 
     from streams import calibrate, evaluation, feedback, portfolio, rules
 
