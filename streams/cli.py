@@ -106,11 +106,27 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Check every line as the worker would, then publish the file.
+
+    A file with rejected lines is not published (exit 1) unless
+    ``--allow-bad``, which publishes them too, for the worker to dead-letter.
+    """
+    from streams.codec import Decoder
+    from streams.rejects import check_lines, describe_rejected
     from streams.simulate import replay
 
-    if not args.file.exists():
+    if not args.file.is_file():
         print(f"txwatch replay: no such file: {args.file}", file=sys.stderr)
         return 2
+    decoder = Decoder(pii_key=settings.pii_key.get().encode(),
+                      max_message_bytes=settings.max_message_bytes)
+    checked, rejected = check_lines(args.file, decoder)
+    for line in describe_rejected(rejected, checked, args.file, verbose=args.verbose):
+        _progress(line)
+    if rejected and not args.allow_bad:
+        _progress("txwatch replay: nothing published; fix these lines, or pass --allow-bad "
+                  "to publish them too (the worker dead-letters them)")
+        return 1
     report = asyncio.run(replay(settings, args.file, rate=args.rate, progress=_progress))
     print(report)
     return 1 if report.failed else 0
@@ -334,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path)
     replay.add_argument("--rate", type=float, default=None,
                         help="events per second (default: as fast as possible)")
+    replay.add_argument("--allow-bad", action="store_true",
+                        help="publish even when lines would be rejected (default: publish "
+                             "nothing and exit 1, listing them)")
+    replay.add_argument("--verbose", action="store_true",
+                        help="list every rejected line (default: the first 5)")
 
     tail = sub.add_parser("tail", help="print alerts as they arrive")
     tail.add_argument("--from-beginning", action="store_true")

@@ -71,7 +71,7 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -81,6 +81,7 @@ import orjson
 
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
+from streams.rejects import RejectedLine, describe_rejected, numbered_lines
 
 if TYPE_CHECKING:
     from streams.rules import RuleSet
@@ -438,18 +439,11 @@ def load_labels(path: Path) -> list[LabelledEvent]:
     return labels
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as source:
-        for line in source:
-            raw = line.rstrip(b"\r\n")
-            if raw.strip():
-                yield raw
-
-
 def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
              settings: Settings | None = None, labels: Iterable[LabelledEvent] | None = None,
              progress: Progress | None = None,
-             instrument: Callable[[RuleSet], None] | None = None) -> Evaluation:
+             instrument: Callable[[RuleSet], None] | None = None,
+             rejected: list[RejectedLine] | None = None) -> Evaluation:
     """Run a JSON Lines history through the monitor offline and score its alerts.
 
     Parameters
@@ -470,6 +464,8 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     instrument
         Called with the rule set before the first event, to observe its
         alerters (``txwatch calibrate`` records every score this way).
+    rejected
+        Receives each dead-lettered line's number, reason and detail.
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
@@ -502,7 +498,7 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     events = dead_letters = stage_records = 0
     source = path.name
     started = last_report = time.monotonic()
-    for offset, raw in enumerate(_lines(path)):
+    for offset, (line_number, raw) in enumerate(numbered_lines(path)):
         events += 1
         if labels is None and b'"label"' in raw:
             with contextlib.suppress(orjson.JSONDecodeError):
@@ -514,6 +510,9 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         outcome = monitor.process(raw, states, topic=source, partition=0, offset=offset)
         if outcome.dead_letter is not None:
             dead_letters += 1
+            if rejected is not None:
+                rejected.append(RejectedLine(line_number, outcome.dead_letter.reason,
+                                             outcome.dead_letter.detail))
         found = list(outcome.alerts)
         pending = deque(outcome.forwards)
         while pending:
@@ -882,11 +881,12 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
     if not args.file.exists():
         print(f"txwatch backtest: no such file: {args.file}", file=sys.stderr)
         return 2
+    rejected: list[RejectedLine] = []
     try:
         config = read_config_file(args.config) if args.config is not None else None
         labels = load_labels(args.labels) if args.labels is not None else None
         result = backtest(args.file, config, settings=settings, labels=labels,
-                          progress=_progress_to_stderr)
+                          progress=_progress_to_stderr, rejected=rejected)
     except (ValueError, OSError) as exc:
         print(f"txwatch backtest: {exc}", file=sys.stderr)
         return 2
@@ -894,7 +894,10 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(result.dumps().decode() + "\n")
     else:
         print(result.table())
-    return 0
+    verbose, allow_bad = getattr(args, "verbose", False), getattr(args, "allow_bad", False)
+    for line in describe_rejected(rejected, result.events, args.file, verbose=verbose):
+        print(line, file=sys.stderr)
+    return 1 if rejected and not allow_bad else 0
 
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
@@ -972,6 +975,10 @@ def register_cli(subparsers: Any) -> None:
                                       "instead of the events' label field")
     backtest_parser.add_argument("--json", action="store_true",
                                  help="print JSON instead of tables")
+    backtest_parser.add_argument("--allow-bad", action="store_true",
+                                 help="exit 0 even when lines were dead-lettered")
+    backtest_parser.add_argument("--verbose", action="store_true",
+                                 help="list every dead-lettered line (default: the first 5)")
     backtest_parser.set_defaults(func=run_backtest)
 
 
