@@ -195,6 +195,72 @@ def run_tail(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- dead letters ---------------------------------------------------------------------
+#: Characters of a dead letter's payload shown in the human form.
+PAYLOAD_SHOWN = 200
+
+
+def dead_letter_reasons() -> list[str]:
+    """The reasons a dead letter can carry (``dead_letter.schema.json``)."""
+    from streams.codec import load_schema
+
+    reasons: list[str] = load_schema("dead_letter")["properties"]["reason"]["enum"]
+    return reasons
+
+
+def format_dead_letter(record: dict[str, Any]) -> str:
+    """A dead-letter record in three lines: when, why and where from; the detail; the payload."""
+    import base64
+    import binascii
+
+    source = record.get("source") or {}
+    where = f"{source.get('topic')}[{source.get('partition')}]@{source.get('offset')}"
+    try:
+        payload = base64.b64decode(str(record.get("payload_b64", "")), validate=True)
+        shown = payload.decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        shown = "(payload_b64 is not base64)"
+    if len(shown) > PAYLOAD_SHOWN:
+        shown = shown[:PAYLOAD_SHOWN] + f"... ({len(shown):,} characters)"
+    hashed = " (personal fields hashed)" if record.get("payload_redacted") else ""
+    return (f"{record.get('dead_lettered_at', '?')}  {record.get('reason', '?')}  "
+            f"from {where}\n    {record.get('detail', '')}\n    payload{hashed}: {shown}")
+
+
+async def read_dead_letters(settings: Settings, from_beginning: bool, as_json: bool,
+                            reasons: Sequence[str] = (), limit: int | None = None,
+                            stop: asyncio.Event | None = None) -> int:
+    """Print dead letters of ``TXWATCH_DEAD_LETTER_TOPIC``; return how many were printed."""
+    shown = 0
+
+    def show(record: Any) -> bool:
+        nonlocal shown
+        try:
+            letter = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            letter = None
+        if not isinstance(letter, dict):
+            if not reasons:
+                print(f"(record {record.partition}@{record.offset} of "
+                      f"{settings.dead_letter_topic} is not a dead-letter record)", flush=True)
+            return True
+        if reasons and letter.get("reason") not in reasons:
+            return True
+        print(record.value.decode() if as_json else format_dead_letter(letter), flush=True)
+        shown += 1
+        return limit is None or shown < limit
+
+    await follow_topic(settings, settings.dead_letter_topic, show,
+                       from_beginning=from_beginning, what="dead letters", stop=stop)
+    return shown
+
+
+def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(read_dead_letters(settings, args.from_beginning, args.json,
+                                  reasons=args.reason or (), limit=args.limit))
+    return 0
+
+
 # -- broker ---------------------------------------------------------------------------
 def run_broker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.broker import run_broker_cli
@@ -361,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print raw alert JSON")
     tail.add_argument("--limit", type=int, default=None, help="stop after N alerts")
 
+    dead = sub.add_parser(
+        "dead-letters", help="print rejected input messages with their reason and source",
+        description="Read TXWATCH_DEAD_LETTER_TOPIC: each rejected message with its reason, "
+                    "detail, source topic/partition/offset and payload.")
+    dead.add_argument("--from-beginning", action="store_true",
+                      help="start at the oldest dead letter (default: only new ones)")
+    dead.add_argument("--json", action="store_true", help="print the raw records")
+    dead.add_argument("--reason", action="append", choices=dead_letter_reasons(),
+                      metavar="REASON", help="only this reason (repeatable): "
+                      + ", ".join(dead_letter_reasons()))
+    dead.add_argument("--limit", type=int, default=None, help="stop after N dead letters")
+
     broker = sub.add_parser("broker", help="run a local Apache Kafka broker in the foreground")
     broker.add_argument("--data-dir", type=Path, default=None)
     broker.add_argument("--port", type=int, default=None)
@@ -376,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "demo": run_demo, "simulate": run_simulate, "replay": run_replay, "tail": run_tail,
-    "broker": run_broker, "settings": run_settings,
+    "broker": run_broker, "settings": run_settings, "dead-letters": run_dead_letters,
 }
 
 #: Commands that talk to the broker in TXWATCH_BROKER (``demo`` and ``broker`` start

@@ -37,6 +37,7 @@ def commands(tmp_path: Path) -> list[list[str]]:
         ["rules", "show", "--timeout", "3"],
         ["rules", "publish", str(config)],
         ["feedback", "0123456789abcdef0123456789abcdef", "true_positive"],
+        ["dead-letters", "--from-beginning"],
         ["evaluate", "--events", "10", "--timeout", "5"],
         ["worker"],
     ]
