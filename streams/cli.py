@@ -440,8 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=None, help="stop after N dead letters")
 
     broker = sub.add_parser("broker", help="run a local Apache Kafka broker in the foreground")
-    broker.add_argument("--data-dir", type=Path, default=None)
-    broker.add_argument("--port", type=int, default=None)
+    broker.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the broker's data here between runs (default: a temporary "
+                             "directory, deleted when the broker stops)")
+    broker.add_argument("--port", type=int, default=None,
+                        help="client port on 127.0.0.1 (default: the previous run's on "
+                             "--data-dir, else 9092 when free, else any free port)")
 
     sub.add_parser("settings", help="list every TXWATCH_* variable with its default")
 
