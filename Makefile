@@ -25,11 +25,14 @@ help:
 venv: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml
+	@echo "make: installing txwatch and its dev tools into $(VENV) (a minute or so on a fresh clone) ..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+	@echo "make: $(VENV) ready; the command is $(BIN)/txwatch (or '. $(BIN)/activate', then txwatch)"
 
 demo: venv
+	@echo "make: $(BIN)/txwatch demo (a fresh broker, worker and simulator; Ctrl-C stops all)"
 	$(BIN)/txwatch demo
 
 # The prometheus-marked tests need promtool; `prometheus` provides it when it can.

@@ -8,9 +8,7 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -269,80 +267,10 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # -- demo -----------------------------------------------------------------------------
-def _spawn(argv: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log_file:
-        return subprocess.Popen(list(argv), env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    _progress(f"demo: stopping {name} ...")
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Broker, worker and simulator on this machine; alerts printed as they happen."""
-    from streams.broker import LocalKafka, create_topics
+    from streams import demo
 
-    data_dir = settings.data_dir.resolve() / "demo"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    _progress("demo: starting Apache Kafka (first run resolves the jars with Maven) ...")
-    with LocalKafka(data_dir=data_dir / "kafka", progress=_progress) as kafka:
-        bootstrap = kafka.bootstrap
-        _progress(f"demo: broker up at {bootstrap}")
-        asyncio.run(create_topics(bootstrap, [
-            settings.payments_topic, settings.lending_topic, settings.alert_topic,
-            settings.dead_letter_topic], settings.partitions))
-        env = {**os.environ, "TXWATCH_BROKER": bootstrap,
-               "TXWATCH_METRICS_PORT": str(settings.metrics_port),
-               "TXWATCH_DATA_DIR": str(data_dir)}
-        worker = _spawn([sys.executable, "-m", "streams.cli", "worker"], env,
-                        data_dir / "worker.log")
-        simulator = _spawn(
-            [sys.executable, "-m", "streams.cli", "simulate", "--rate", str(args.rate),
-             "--labels", str(data_dir / "labels.jsonl")]
-            + (["--duration", str(args.duration)] if args.duration else []),
-            env, data_dir / "simulator.log")
-        _progress(f"demo: worker (log {data_dir / 'worker.log'}) and simulator at "
-                  f"{args.rate} events/s started; metrics on "
-                  f"http://127.0.0.1:{settings.metrics_port}/metrics")
-        _progress("demo: alerts appear below as they happen. Ctrl-C stops everything.")
-        stop = asyncio.Event()
-        demo_settings = Settings.from_env(env)
-        started = time.monotonic()
-
-        async def watch() -> None:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            tail = asyncio.create_task(
-                tail_alerts(demo_settings, from_beginning=True, as_json=False, stop=stop))
-            while not stop.is_set():
-                if worker.poll() is not None:
-                    _progress(f"demo: the worker exited ({worker.returncode}); "
-                              f"see {data_dir / 'worker.log'}")
-                    stop.set()
-                if args.duration and time.monotonic() - started > args.duration + 5:
-                    stop.set()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-            await tail
-
-        try:
-            asyncio.run(watch())
-        finally:
-            _stop(simulator, "simulator")
-            _stop(worker, "worker")
-            _progress("demo: stopping broker ...")
-    _progress("demo: stopped cleanly.")
-    return 0 if worker.returncode in (0, -signal.SIGTERM) else 1
+    return demo.run_demo(settings, args)
 
 
 # -- settings -------------------------------------------------------------------------
@@ -398,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=200.0, help="simulated events per second")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--all", action="store_true",
+                      help="show low-severity alerts too (default: medium and above)")
+    demo.add_argument("--resume", action="store_true",
+                      help="keep the previous run's topics, state and logs (default: start "
+                           "clean) and show only new alerts")
 
     sim = sub.add_parser("simulate", help="publish realistic labelled traffic to the input topics")
     sim.add_argument("--rate", type=float, default=None,
