@@ -31,9 +31,10 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 	@echo "make: $(VENV) ready; the command is $(BIN)/txwatch (or '. $(BIN)/activate', then txwatch)"
 
+# development mode: the public PII key and the demo configuration (README, "Configuration")
 demo: venv
 	@echo "make: $(BIN)/txwatch demo (a fresh broker, worker and simulator; Ctrl-C stops all)"
-	$(BIN)/txwatch demo
+	TXWATCH_DEV_MODE=1 $(BIN)/txwatch demo
 
 # The prometheus-marked tests need promtool; `prometheus` provides it when it can.
 test: venv prometheus

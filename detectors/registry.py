@@ -190,17 +190,12 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "severity": "high",
         },
         "blacklist": {
-            # HMAC-SHA256 under the *development* PII key of the simulator's synthetic
-            # listed people (streams.simulate.dishonest_persons): they match only in local
-            # runs with the default key. A deployment lists its own hashes, computed with
-            # its key by streams.codec.hash_pii, in its TXWATCH_DETECTOR_CONFIG file.
+            # Empty: a deployment lists its own hashes, computed with its TXWATCH_PII_KEY
+            # by streams.codec.hash_pii, in its TXWATCH_DETECTOR_CONFIG file. The demo's
+            # list (the simulator's people under the development key) is
+            # streams/config/demo.json.
             "params": {
-                "hashes": [
-                    "8d512f7e2f49868bd2592bce4fddfe66", "5f22917498e118a7537e30c652747c59",
-                    "56f60d118a474595ee438b635ac272d8", "ef22e03d28aecfb35b1664eade58fd02",
-                    "0ebfbd3cd2677a1be8f98a5aeac6f9bc", "b295d57f3e0e6d630da1824966a2755c",
-                    "4e9ff63821fb54afbb1181eb762e1b2c", "369b67f39b5ee7b4379f846b3df62189",
-                ],
+                "hashes": [],
                 "fields": ["national_id_hash", "phone_hash", "device_id_hash"],
             },
             "threshold": 1.0,

@@ -28,7 +28,7 @@ from detectors.registry import DEFAULT_CONFIG
 from streams.codec import Decoder
 from streams.metrics import PrometheusSensor
 from streams.pipeline import Monitor
-from streams.rules import build_rules
+from streams.rules import build_rules, detector_config
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
 from streams.stages import (
@@ -118,10 +118,10 @@ def build_monitor(settings: Settings, sensor: Sensor | None = None,
     stage keeps its sketches (the worker's flow table), read for the origins
     an outgoing transfer carries.
     """
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     rules = build_rules(config, STAGES)
     decoder = Decoder(
-        pii_key=settings.pii_key.get().encode(),
+        pii_key=settings.hashing_key(),
         max_message_bytes=settings.max_message_bytes,
         clear_dead_letter_payload=settings.dead_letter_clear_payload,
     )
@@ -131,7 +131,7 @@ def build_monitor(settings: Settings, sensor: Sensor | None = None,
 
 def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[str, DerivedStage]:
     """The derived stages with at least one configured detector."""
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     rules = build_rules(config, STAGES)
     return build_stages(rules.stages, rules.version, sensor)
 

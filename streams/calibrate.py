@@ -323,7 +323,7 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
         raise ValueError(message)
     base = copy.deepcopy(dict(DEFAULT_CONFIG if config is None else config))
     build_rules(base)  # invalid input fails here, before an hour-long pass
-    labels = _load_labels(labels_path)
+    labels, group_labels = _load_labels(labels_path)
 
     def run(document: Mapping[str, Any], scores: dict[str, _Scores] | None,
             what: str) -> Evaluation:
@@ -334,6 +334,7 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
         if progress is not None:
             progress(f"{what}: running {path.name} through the detectors ...")
         return backtest(path, document, settings=settings, labels=labels,
+                        group_labels=group_labels,
                         progress=say if progress is not None else None,
                         instrument=_recording(scores) if scores is not None else None)
 
@@ -443,15 +444,15 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def _load_labels(path: Path | None) -> Any:
+def _load_labels(path: Path | None) -> tuple[Any, Any]:
+    """``(labels, group labels)`` for :func:`~streams.evaluation.backtest`: a CSV or JSON Lines."""
     if path is None:
-        return None
-    from streams import evaluation
+        return None, None
+    from streams.evaluation import is_label_csv, load_label_csv, load_labels
 
-    loader = getattr(evaluation, "load_label_csv", None)
-    if loader is not None:
-        return loader(path)
-    return evaluation.load_labels(path)
+    if is_label_csv(path):
+        return None, load_label_csv(path)
+    return load_labels(path), None
 
 
 def _precision(fits: Mapping[str, DetectorFit], before: Evaluation,
@@ -459,7 +460,9 @@ def _precision(fits: Mapping[str, DetectorFit], before: Evaluation,
     for result, attribute in ((before, "precision_before"), (after, "precision_after")):
         if result is None:
             continue
-        for row in result.detectors:
+        rows: Sequence[Any] = (result.labelled.detectors if result.labelled is not None
+                               else result.detectors)
+        for row in rows:
             fit = fits.get(row.detector)
             if fit is not None and row.precision is not None:
                 setattr(fit, attribute, row.precision)

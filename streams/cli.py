@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,28 +32,34 @@ def run_worker(settings: Settings) -> int:
     from prometheus_client import start_http_server
 
     from streams import __version__
-    from streams.app import create_app, load_detector_config
-    from streams.broker import BrokerError, check_access, create_topics
+    from streams.app import create_app
+    from streams.clients import KafkaSetupError, check_access, create_topics
     from streams.metrics import PrometheusSensor
+    from streams.rules import build_rules, detector_config
     from streams.stages import STAGES, stage_topic
 
-    logging.basicConfig(level=settings.log_level,
+    try:  # a configuration that does not build stops the worker before it touches Kafka
+        build_rules(detector_config(settings), STAGES)
+    except ValueError as exc:
+        source = settings.detector_config or "the packaged detector configuration"
+        print(f"txwatch worker: {source}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = settings.kafka_client()
     try:
         # Wrong credentials or an untrusted certificate stop the worker here, with
         # the cause; Faust's own clients would log it and retry for ever.
-        asyncio.run(check_access(settings.broker, client))
+        asyncio.run(check_access(settings))
         # Faust subscribes before it would create a missing input topic, and would only
         # see it after a metadata refresh: create every topic we read or write first.
         # The derived stages' topics too: one Faust creates a few ms before it subscribes
         # can be missing from the group leader's metadata ("Ignoring missing topic"), and
         # that stage then reads nothing until the next rebalance, minutes later.
-        asyncio.run(create_topics(settings.broker, [
+        asyncio.run(create_topics(settings, [
             *settings.input_topics, settings.alert_topic, settings.dead_letter_topic,
             *(stage_topic(settings.app_id, name) for name in STAGES),
-        ], settings.partitions, client=client))
-    except BrokerError as exc:
+        ]))
+    except KafkaSetupError as exc:
         print(f"txwatch worker: {exc}", file=sys.stderr, flush=True)
         return 2
     with contextlib.suppress(ImportError):
@@ -63,7 +68,7 @@ def run_worker(settings: Settings) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     from detectors.registry import build_alerters
 
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     alert_labels = set()
     for alerter in build_alerters(config):
         alert_labels.add((alerter.name, alerter.severity))
@@ -75,10 +80,11 @@ def run_worker(settings: Settings) -> int:
     port = server.server_address[1]
     print(f"txwatch worker: metrics on http://{settings.metrics_host}:{port}/metrics",
           flush=True)
-    if settings.pii_key == Settings().pii_key:
+    if settings.dev_mode:
         logging.getLogger("txwatch").warning(
-            "TXWATCH_PII_KEY is not set: personal identifiers are hashed with the "
-            "development key. Set a secret key in production.")
+            "development mode (TXWATCH_DEV_MODE): %s; never run it in production",
+            "a secret TXWATCH_PII_KEY is set" if settings.pii_key.get() else
+            "personal identifiers are hashed with the public development key")
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     runtime = create_app(settings, metrics)
     from streams.rules import preload_rules
@@ -116,8 +122,8 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"txwatch replay: no such file: {args.file}", file=sys.stderr)
         return 2
-    decoder = Decoder(pii_key=settings.pii_key.get().encode(),
-                      max_message_bytes=settings.max_message_bytes)
+    # The key only hashes personal fields of the dead letters, which are not kept here.
+    decoder = Decoder(pii_key=b"replay line check", max_message_bytes=settings.max_message_bytes)
     checked, rejected = check_lines(args.file, decoder)
     for line in describe_rejected(rejected, checked, args.file, verbose=args.verbose):
         _progress(line)
@@ -149,12 +155,11 @@ async def follow_topic(settings: Settings, topic: str, handle: Callable[[Any], b
 
     Says on stderr that it is waiting, once the consumer is connected.
     """
-    from aiokafka import AIOKafkaConsumer
+    from streams import clients
 
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.broker,
+    consumer = clients.consumer(
+        settings, topic, client_id=f"{settings.app_id}-{what.replace(' ', '-')}",
         auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False, group_id=None, **settings.kafka_client(),
     )
     try:
         await consumer.start()
@@ -303,6 +308,9 @@ def settings_table() -> list[str]:
 
 
 def run_settings(settings: Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(Settings.markdown_table())
+        return 0
     for line in settings_table():
         print(line)
     return 0
@@ -380,14 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="client port on 127.0.0.1 (default: the previous run's on "
                              "--data-dir, else 9092 when free, else any free port)")
 
-    sub.add_parser("settings", help="list every TXWATCH_* variable with its default")
+    settings = sub.add_parser("settings", help="list every TXWATCH_* variable with its default")
+    settings.add_argument("--markdown", action="store_true",
+                          help="print the README's table (Configuration) instead")
 
-    from streams import calibrate, evaluation, feedback, portfolio, rules
+    from streams import calibrate, evaluation, feedback, importer, portfolio, rules
 
-    for module in (portfolio, rules, feedback, evaluation, calibrate):
+    for module in (portfolio, rules, feedback, evaluation, importer, calibrate):
         module.register_cli(sub)
     return parser
 
+
+#: Commands that hash personal identifiers: they need TXWATCH_PII_KEY or development mode.
+HASHING_COMMANDS = frozenset({"worker", "backtest", "evaluate"})
 
 COMMANDS = {
     "demo": run_demo, "simulate": run_simulate, "replay": run_replay, "tail": run_tail,
@@ -442,12 +455,11 @@ def _broker_check(settings: Settings, args: argparse.Namespace) -> str | None:
         return f"TXWATCH_BROKER={settings.broker!r}: {problem} (expected host:port[,host:port])"
     if args.command == "worker":
         return None  # run_worker checks access itself, with the same message
-    from streams.broker import BrokerError, check_access
+    from streams.clients import KafkaSetupError, check_access
 
     try:
-        asyncio.run(check_access(settings.broker, settings.kafka_client(),
-                                 timeout=ACCESS_TIMEOUT))
-    except BrokerError as exc:
+        asyncio.run(check_access(settings, timeout=ACCESS_TIMEOUT))
+    except KafkaSetupError as exc:
         hint = ("; start one with `txwatch broker`, or point TXWATCH_BROKER at yours"
                 if str(exc).startswith("cannot reach") else "")
         return f"{exc}{hint}"
@@ -472,7 +484,7 @@ def _quiet_libraries(settings: Settings) -> None:
 def _run(argv: Sequence[str] | None) -> int:
     from aiokafka.errors import KafkaError
 
-    from streams.broker import BrokerError
+    from streams.clients import KafkaSetupError
 
     args = build_parser().parse_args(argv)
     try:
@@ -481,6 +493,12 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"txwatch: bad setting: {exc}", file=sys.stderr)
         return 2
     name = _command_name(args)
+    if args.command in HASHING_COMMANDS:
+        try:
+            settings.hashing_key()
+        except SettingsError as exc:
+            print(f"txwatch {name}: {exc}", file=sys.stderr)
+            return 2
     if args.command not in ("worker", "demo"):
         _quiet_libraries(settings)
     if _uses_broker(args):
@@ -495,7 +513,7 @@ def _run(argv: Sequence[str] | None) -> int:
         status = int(func(settings, args))
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return status
-    except (KafkaError, BrokerError) as exc:
+    except (KafkaError, KafkaSetupError) as exc:
         # The broker went away after the first check, or refused a request.
         reason = str(exc) or type(exc).__name__
         print(f"txwatch {name}: Kafka at {settings.broker}: {reason}", file=sys.stderr)
@@ -506,9 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``txwatch COMMAND ...``; returns the exit status.
 
     2 when the command cannot start (a bad setting, an unreachable or
-    malformed broker address), 130 after Ctrl-C, and 141 when the reader of
-    stdout went away (``txwatch settings | head``), as for a tool that
-    SIGPIPE ended; never a traceback for any of these.
+    malformed broker address), 130 after Ctrl-C, and 0 when the reader of
+    stdout went away (``txwatch settings | head``: the reader had what it
+    wanted); never a traceback for any of these.
     """
     try:
         return _run(argv)
@@ -519,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return 0
 
 
 if __name__ == "__main__":

@@ -54,13 +54,11 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from detectors.flow import DEFAULT_FLOW_PARAMS
 from detectors.identity import DEFAULT_IDENTITY_PARAMS
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
+from streams import clients
 from streams.events import EVENT_TYPES, LENDING_TYPES
 from streams.settings import Settings
 
@@ -945,9 +943,9 @@ def dishonest_persons() -> list[tuple[str, str]]:
     """``(national_id, phone)`` of the synthetic people on the simulated dishonest-person list.
 
     Generated from :data:`DISHONEST_SEED` like the population's identities, so
-    no clear identifier is written in the code; the blacklist detector's
-    default list holds their keyed hashes under the development key
-    (``TXWATCH_PII_KEY``'s default), checked by ``tests/unit/test_simulate.py``.
+    no clear identifier is written in the code; the demo configuration's
+    blacklist (``streams/config/demo.json``) holds their keyed hashes under the
+    development key, checked by ``tests/unit/test_simulate.py``.
     """
     rng = random.Random(DISHONEST_SEED)
     people = []
@@ -964,8 +962,8 @@ def blacklisted_identity(ctx: IncidentContext) -> Iterator[PlannedEvent]:
 
     The application carries the listed person's national id and phone number
     (see :func:`dishonest_persons`), from the account's usual device; it is
-    labelled. The blacklist detector flags it with the shipped list only when
-    the worker runs with the development PII key.
+    labelled. The blacklist detector flags it only in development mode
+    (``TXWATCH_DEV_MODE``: the development PII key and the demo configuration).
     """
     rng = ctx.rng
     victim = ctx.any_victim()
@@ -2277,14 +2275,9 @@ Progress = Callable[[str], None]
 
 def kafka_producer(settings: Settings) -> Producer:
     """The simulator's producer: batched for throughput, acknowledged by all replicas."""
-    producer: Producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker,
-        client_id="txwatch-simulator",
-        acks="all",
-        linger_ms=20,
-        max_batch_size=256 * 1024,
+    producer: Producer = clients.producer(
+        settings, client_id="txwatch-simulator", linger_ms=20, max_batch_size=256 * 1024,
         request_timeout_ms=30_000,
-        **settings.kafka_client(),
     )
     return producer
 
@@ -2295,30 +2288,7 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
     The replication factor is the number of brokers, at most 3. A topic
     created meanwhile by someone else counts as existing.
     """
-    wanted = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, client_id="txwatch-simulator",
-                                **settings.kafka_client())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [topic for topic in wanted if topic not in existing]
-        if not missing:
-            return []
-        cluster = await admin.describe_cluster()
-        replication = max(1, min(3, len(cluster.get("brokers") or ())))
-        response = await admin.create_topics(
-            [NewTopic(topic, settings.partitions, replication) for topic in missing]
-        )
-        created = []
-        for topic, code, *detail in response.topic_errors:
-            if code == 0:
-                created.append(topic)
-            elif code != TopicAlreadyExistsError.errno:
-                message = f"cannot create topic {topic!r}: error {code} {detail}"
-                raise RuntimeError(message)
-        return created
-    finally:
-        await admin.close()
+    return await clients.create_topics(settings, topics, client_id="txwatch-simulator")
 
 
 class _Publisher:

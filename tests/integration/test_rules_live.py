@@ -16,6 +16,7 @@ import pytest
 from detectors.registry import DEFAULT_CONFIG
 from streams.broker import create_topics
 from streams.rules import CONFIG_KEY, publish_config
+from streams.settings import Settings
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,8 @@ async def test_a_new_version_reaches_every_worker_without_restart_and_a_bad_one_
         wait_for(lambda: sum(w.metric("txwatch_events_total", outcome="processed")
                              for w in (w1, w2)) == 6, 60, "the 6 payments processed")
 
-        assert await publish_config(bootstrap, topic, tighter("live-2")) is not None
+        published = await publish_config(Settings(broker=bootstrap), topic, tighter("live-2"))
+        assert published is not None
         for worker in (w1, w2):  # every worker, without a restart
             wait_for(lambda w=worker: w.metric("txwatch_config_info", version="live-2") == 1,
                      60, "live-2 in force on every worker")
@@ -123,7 +125,7 @@ async def test_a_new_version_reaches_every_worker_without_restart_and_a_bad_one_
 async def test_a_worker_started_later_judges_its_first_event_with_the_topic_version(
         env: dict[str, str], tmp_path: Path) -> None:
     bootstrap, topic = env["TXWATCH_BROKER"], env["TXWATCH_CONFIG_TOPIC"]
-    await publish_config(bootstrap, topic, tighter("live-9", minute_count=4))
+    await publish_config(Settings(broker=bootstrap), topic, tighter("live-9", minute_count=4))
     # events waiting before the worker starts: the topic's rules must already apply to them
     await produce(bootstrap, env["TXWATCH_PAYMENTS_TOPIC"], burst("acct-early", 5))
     with WorkerProcess(env, tmp_path / "worker.log"):

@@ -56,11 +56,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from detectors.registry import STAGE_DETECTORS
+from streams import clients
 from streams.app import TABLE_NAME, build_monitor
 from streams.settings import Settings
 from streams.simulate import encode, generate, label_record, message_key, topic_for
@@ -163,9 +163,9 @@ async def publish(bootstrap: str, messages: Sequence[Message], *, rate: float | 
     as fast as the broker takes them. One producer keeps each partition's
     order (the idempotent producer keeps it across retries too).
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=True, linger_ms=10,
-                                request_timeout_ms=60_000, **client_config(security))
+    producer = clients.producer(Settings(broker=bootstrap), enable_idempotence=True,
+                                linger_ms=10, request_timeout_ms=60_000,
+                                client_id="txwatch-test", **client_config(security))
     await producer.start()
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -238,10 +238,9 @@ def offline_recount(settings: Settings, sent: Iterable[Sent]) -> Recount:
 async def read_topic(bootstrap: str, topic: str, *, security: Mapping[str, Any] | None = None,
                      timeout: float = 120.0) -> list[Any]:
     """Every record of ``topic`` up to its end offsets at the time of the call."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
+    consumer = clients.consumer(Settings(broker=bootstrap),
                                 max_partition_fetch_bytes=4 * 1024 * 1024,
-                                **client_config(security))
+                                client_id="txwatch-test", **client_config(security))
     await consumer.start()
     records: list[Any] = []
     try:
@@ -286,7 +285,8 @@ async def read_changelog(bootstrap: str, app_id: str, *,
 async def partitions_of(bootstrap: str, topics: Sequence[str], *,
                         security: Mapping[str, Any] | None = None) -> list[TopicPartition]:
     """The partitions of ``topics`` that exist (a missing topic has none)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_config(security))
+    admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-test",
+                          **client_config(security))
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -300,9 +300,10 @@ async def committed_lag(bootstrap: str, group: str, topics: Sequence[str], *,
                         security: Mapping[str, Any] | None = None) -> int:
     """Messages of ``topics`` not yet covered by ``group``'s committed offsets."""
     tps = await partitions_of(bootstrap, topics, security=security)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_config(security))
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, **client_config(security))
+    admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-test",
+                          **client_config(security))
+    consumer = clients.consumer(Settings(broker=bootstrap), client_id="txwatch-test",
+                                **client_config(security))
     await admin.start()
     await consumer.start()
     try:
@@ -323,7 +324,8 @@ async def committed_offsets(bootstrap: str, group: str, topics: Sequence[str], *
                             security: Mapping[str, Any] | None = None
                             ) -> dict[tuple[str, int], int]:
     """``group``'s committed offset (the next to read) per input partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **client_config(security))
+    admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-test",
+                          **client_config(security))
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)

@@ -17,6 +17,7 @@ import pytest
 from detectors.registry import DEFAULT_CONFIG
 from streams.cli import bootstrap_problem
 from streams.rules import read_latest_config
+from streams.settings import Settings
 
 #: Loopback only: port 1 refuses at once, and nothing listens there in a test.
 UNREACHABLE = "127.0.0.1:1"
@@ -92,7 +93,8 @@ def test_reading_the_rules_from_an_unreachable_broker_closes_its_consumer() -> N
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(KafkaConnectionError):
-            asyncio.run(read_latest_config(UNREACHABLE, "txwatch.config", timeout=3))
+            asyncio.run(read_latest_config(Settings(broker=UNREACHABLE), "txwatch.config",
+                                           timeout=3))
         gc.collect()
     unclosed = [str(w.message) for w in caught if "Unclosed" in str(w.message)]
     assert unclosed == []
