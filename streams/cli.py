@@ -98,12 +98,25 @@ def run_worker(settings: Settings) -> int:
 
 # -- simulate / replay ----------------------------------------------------------------
 def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.simulate import simulate
+    from streams.simulate import simulate, simulated_traffic, write_jsonl
 
+    if args.out is not None:
+        if args.events is None:
+            print("txwatch simulate: --out needs --events", file=sys.stderr)
+            return 2
+        try:
+            traffic = simulated_traffic(args.variant, args.seed, accounts=args.accounts,
+                                        scenarios=args.scenario or None, events=args.events)
+        except ValueError as exc:
+            print(f"txwatch simulate: {exc}", file=sys.stderr)
+            return 2
+        count = write_jsonl(traffic, args.out, labels_path=args.labels)
+        print(f"wrote {count:,} events to {args.out}")
+        return 0
     report = asyncio.run(simulate(
         settings, rate=args.rate, duration=args.duration, events=args.events,
         seed=args.seed, scenarios=args.scenario or None, labels_path=args.labels,
-        progress=_progress, accounts=args.accounts,
+        progress=_progress, accounts=args.accounts, variant=args.variant,
     ))
     print(report)
     return 1 if report.failed else 0
@@ -340,17 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="keep the previous run's topics, state and logs (default: start "
                            "clean) and show only new alerts")
 
-    sim = sub.add_parser("simulate", help="publish realistic labelled traffic to the input topics")
+    from streams.populations import VARIANTS, describe_variants
+
+    sim = sub.add_parser("simulate", help="publish realistic labelled traffic to the input topics",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="population variants (--variant):\n" + describe_variants())
     sim.add_argument("--rate", type=float, default=None,
                      help="events per second (default: as fast as possible)")
     sim.add_argument("--duration", type=float, default=None, help="seconds to run")
     sim.add_argument("--events", type=int, default=None, help="number of events to send")
     sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--accounts", type=int, default=5000)
+    sim.add_argument("--accounts", type=int, default=None,
+                     help="population size (default 5000, or the variant's own)")
     sim.add_argument("--scenario", action="append",
                      help="inject only these scenarios (repeatable; default all)")
     sim.add_argument("--labels", type=Path, default=None,
                      help="write the injected scenarios' labels to this JSON Lines file")
+    sim.add_argument("--variant", choices=sorted(VARIANTS), default=None, metavar="NAME",
+                     help="a population that differs from the default one (listed below)")
+    sim.add_argument("--out", type=Path, default=None,
+                     help="write the events to this JSON Lines file instead of publishing "
+                          "(needs --events)")
 
     replay = sub.add_parser(
         "replay", help="publish a JSON Lines file of events, keeping their event times")
@@ -445,6 +468,8 @@ def _command_name(args: argparse.Namespace) -> str:
 def _uses_broker(args: argparse.Namespace) -> bool:
     if args.command == "evaluate" and getattr(args, "local_broker", False):
         return False
+    if args.command == "simulate" and getattr(args, "out", None) is not None:
+        return False  # writes a file instead of publishing
     return args.command in BROKER_COMMANDS
 
 

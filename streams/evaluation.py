@@ -181,9 +181,9 @@ class ScoredAlert:
 
 def expected_detector(label: str) -> str:
     """The detector that should catch events labelled ``label`` (see the module docstring)."""
-    from streams.simulate import SCENARIOS
+    from streams.simulate import scenario_named
 
-    scenario = SCENARIOS.get(label)
+    scenario = scenario_named(label)
     if scenario is not None:
         return scenario.expected_detector
     return label if label in DETECTORS or label in STAGE_DETECTORS else ANY_DETECTOR

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from detectors.registry import DEFAULT_CONFIG
-from streams.cli import bootstrap_problem
+from streams.cli import _uses_broker, bootstrap_problem, build_parser
 from streams.rules import read_latest_config
 from streams.settings import Settings
 
@@ -98,3 +98,16 @@ def test_reading_the_rules_from_an_unreachable_broker_closes_its_consumer() -> N
         gc.collect()
     unclosed = [str(w.message) for w in caught if "Unclosed" in str(w.message)]
     assert unclosed == []
+
+
+@pytest.mark.parametrize(("argv", "uses"), [
+    (["simulate", "--events", "5"], True),
+    (["simulate", "--events", "5", "--out", "events.jsonl"], False),  # writes a file
+    (["evaluate"], True),
+    (["evaluate", "--local-broker"], False),  # starts its own
+    (["demo"], False),
+    (["backtest", "h.jsonl"], False),
+    (["settings"], False),
+])
+def test_only_commands_that_talk_to_txwatch_broker_check_it(argv: list[str], uses: bool) -> None:
+    assert _uses_broker(build_parser().parse_args(argv)) is uses

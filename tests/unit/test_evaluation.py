@@ -318,7 +318,7 @@ def test_backtest_scores_an_imported_history_and_writes_its_alerts(
     alerts_path = tmp_path / "alerts.jsonl"
     args = argparse.Namespace(file=events, config=None, labels=labels, json=True,
                               alerts=alerts_path)
-    assert run_backtest(Settings(), args) == 0
+    assert run_backtest(Settings(dev_mode=True), args) == 0
     result = orjson.loads(capsys.readouterr().out)
     report = result["labelled"]
     rows = {row["pattern"]: row for row in report["patterns"]}
@@ -335,7 +335,7 @@ def test_backtest_scores_an_imported_history_and_writes_its_alerts(
     assert any(r["detector"] == "cycle" and "e7" in r["event_ids"] for r in written)
 
     args.json = False
-    assert run_backtest(Settings(), args) == 0
+    assert run_backtest(Settings(dev_mode=True), args) == 0
     assert "group recall" in capsys.readouterr().out
 
 
