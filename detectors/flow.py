@@ -74,22 +74,19 @@ in *v*'s destinations (or is *v*, at hop 0) and in the carried origins of *u*
 (or is *u*, at hop 0); the ring has ``hops(v ~> x) + hops(x ~> u) + 1``
 accounts (transfers), from 2 up to ``max_ring``. Every transfer of the ring
 must lie within ``window_seconds`` of every other one, and its largest amount
-may exceed its smallest by at most ``amount_spread_percent`` (50%). The
+may be at most ``amount_ratio`` times its smallest. The
 shortest such ring is reported, and remembered as the destination "itself"
 of *v*.
 
-Amounts
--------
-Laundered money keeps its size along a ring, less each mule's cut; a path
-that joins a 30.00 transfer to a 9,000.00 one is not money moving on. Every
-path entry carries the smallest and largest amount of its transfers, and a
-path whose spread exceeds ``amount_spread_percent`` is neither stored nor
-passed on. That is the check that keeps the stage affordable: on 200,000
-simulator events (24,588 transfers) it cut relays from 17.7 to 1.7 per
-transfer and the cycle detector's false alarms from 261 to 0, with all 99
-injected rings still found (``amount_spread_percent=None`` restores the
-unchecked behaviour). Hop-1 origins still count as scatter-gather
-intermediaries whatever their amounts: split money changes size.
+Novelty and amounts
+-------------------
+Only a relationship's first transfer (``novel_transfers``), decided by the
+receiver from its remembered senders on event time, extends paths, counts a
+sender, an intermediary or a receiver, and is relayed: repeat payments are
+ordinary life and would otherwise flood the stage. A path is also dropped
+when its largest transfer exceeds ``amount_ratio`` times its smallest: mules
+take cuts, split and merge, but a 30.00 coffee and a 9,000.00 rent are not one
+flow of money. ``docs/design.md`` (Flow stage) has the measured effect of each.
 
 Every account of a ring eventually learns, from a back or relay record, that
 it reaches itself. To report a ring once, not once per account, destination
@@ -112,7 +109,10 @@ Per account, with the defaults of :class:`FlowParams` (``K = max_entries = 64``)
 * destinations: up to *K* entries ``[hash, hops, first_ts, last_ts, low, lo,
   hi]`` (accounts this one reaches; hop-1 entries are its direct receivers; an
   entry for the account itself records the shortest ring through it);
-* senders: up to *K* entries ``[account_id, last_ts, last_amount_minor]``
+* senders: up to *K* entries ``[account_id, last_ts, last_amount_minor, first_ts,
+  transfers, novel_ts, novel_amount_minor]``, remembered ``memory_seconds``;
+* receivers: up to ``max_gather_origins`` ``[account_id, ts]`` paid recently, for
+  late scatter-gather repairs;
   (clear ids: relays are routed to them; account ids are not personal data);
 * gathers: up to ``max_gather_origins`` (8) origins two hops away, each
   ``[hash, account_id | None, [[via_hash, ts], ...]]`` with up to
@@ -131,19 +131,18 @@ entry goes first (among equals the farthest); a sender, the least recent.
 
 JSON size: at most ``(81 + 97) * K + (id + 35) * K + (id + 24 + 29 * 8) * 8 + id +
 26`` bytes, where ``id`` is the JSON length of the longest account id:
-:meth:`FlowParams.max_state_bytes` computes it, 17,458 bytes for 24-byte ids
-and 25,050 bytes for the 128 characters the event contract allows. An
+:meth:`FlowParams.max_state_bytes` computes it (``docs/design.md`` has the
+figures). An
 account whose few counterparties trade little with others holds a few
-hundred bytes; where everyone reaches many accounts within 7 transfers the
-tables fill (a synthetic network of 5,000 accounts with 1 to 6 usual
-counterparties each and 50,000 transfers a month averaged 6 KB).
+hundred bytes; where everyone reaches many accounts within ``max_ring - 1``
+new relationships the tables fill.
 
 When a bounded sketch misses a ring
 -----------------------------------
 The guarantee above holds when no table overflowed and no account on the
 ring is a hub. A ring can be missed when
 
-* an account on it has ``hub_degree`` (32) or more senders or receivers in
+* an account on it has ``hub_degree`` or more new senders or receivers in
   the window: hubs stop propagation, on purpose, or every account would
   reach every other within a few hops and relays would flood the network;
   a ring with the hub as the closing transfer's receiver is still found;
@@ -152,7 +151,8 @@ ring is a hub. A ring can be missed when
   relay wave passes is not told;
 * a path is longer than ``max_ring - 1`` transfers, or the transfers span
   more than ``window_seconds``;
-* the ring's amounts spread more than ``amount_spread_percent``, or a shorter
+* a transfer of the ring repeats a relationship (see Novelty), or the
+  ring's largest amount exceeds ``amount_ratio`` times its smallest, or a shorter
   path of unrelated amounts to the same account was kept instead of the
   ring's (one path is kept per account: the shortest, then the freshest);
 * ``relay_hops`` is below ``max_ring - 1`` and the ring's transfers were
@@ -215,7 +215,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from bisect import insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -238,8 +238,9 @@ RECORD_KINDS: Final = ("edge", "back", "relay")
 # transfers (0 for none known); in JSON the hash comes first.
 _HOPS, _FIRST, _LAST, _LOW = range(4)
 _DEST_LO, _DEST_HI = 4, 5
-# A sender in memory: [last_ts, last_amount_minor].
-_TS, _AMOUNT = range(2)
+# A sender in memory: [last_ts, last_amount_minor, first_ts, transfers, novel_ts,
+# novel_amount_minor], the last two of its latest transfer that extended paths (0 if none).
+_TS, _AMOUNT, _SEEN, _COUNT, _NOVEL_TS, _NOVEL_AMOUNT = range(6)
 
 
 @lru_cache(maxsize=65_536)
@@ -299,36 +300,46 @@ class FlowParams:
         kept path (``max_ring - 1``), which the any-order guarantee needs. Fewer
         relays mean less traffic and rings found only in favourable orders: 0
         turns relays off.
-    amount_spread_percent
-        How much larger than the smallest transfer of a path or ring its largest
-        may be, in percent of the smallest; ``None`` keeps paths whatever their
-        amounts. Laundered money keeps its size from hop to hop, less each
-        mule's cut; paths through unrelated payments rarely do, so the check
-        both drops rings of unrelated amounts and keeps most paths from being
-        stored and relayed at all.
+    amount_ratio
+        How many times larger than the smallest transfer of a path or ring its
+        largest may be; ``None`` keeps paths whatever their amounts. Mules take
+        cuts, split and merge, so hop amounts vary; a path that joins a 30.00
+        transfer to a 9,000.00 one is still not money moving on.
+    novel_transfers
+        Transfers between two accounts, counted by the receiver's memory of its
+        senders, that extend paths: 1 keeps only the first transfer of a
+        relationship, ``None`` every transfer. Repeat payments between the same
+        accounts are ordinary life; laundering routes run over new relationships.
+    memory_seconds
+        How long a sender is remembered after its last transfer, for novelty
+        and the fan-in count (at least ``window_seconds``).
     """
 
     max_entries: int = 64
-    window_seconds: int = 30 * 86_400
-    max_ring: int = 8
+    window_seconds: int = 28 * 86_400
+    max_ring: int = 10
     fan_in_seconds: int = 86_400
     hub_seconds: int = 3 * 86_400
     hub_degree: int = 32
     max_vias: int = 8
     max_gather_origins: int = 8
     relay_hops: int | None = None
-    amount_spread_percent: int | None = 50
+    amount_ratio: int | None = 10
+    novel_transfers: int | None = 1
+    memory_seconds: int = 90 * 86_400
 
     def __post_init__(self) -> None:
         for name in (
             "max_entries", "window_seconds", "fan_in_seconds", "hub_seconds", "hub_degree",
-            "max_vias", "max_gather_origins",
+            "max_vias", "max_gather_origins", "memory_seconds",
         ):  # fmt: skip
             positive_int(name, getattr(self, name))
         if self.relay_hops is not None:
             non_negative_int("relay_hops", self.relay_hops)
-        if self.amount_spread_percent is not None:
-            non_negative_int("amount_spread_percent", self.amount_spread_percent)
+        if self.amount_ratio is not None:
+            positive_int("amount_ratio", self.amount_ratio)
+        if self.novel_transfers is not None:
+            positive_int("novel_transfers", self.novel_transfers)
         positive_int("max_ring", self.max_ring)
         if not 2 <= self.max_ring <= 64:
             message = f"max_ring must be between 2 and 64 accounts, not {self.max_ring!r}"
@@ -348,8 +359,13 @@ class FlowParams:
 
     @property
     def amount_limit(self) -> int | None:
-        """``100 + amount_spread_percent``: amounts fit when ``hi * 100 <= lo * amount_limit``."""
-        return None if self.amount_spread_percent is None else 100 + self.amount_spread_percent
+        """``100 * amount_ratio``: amounts fit when ``hi * 100 <= lo * amount_limit``."""
+        return None if self.amount_ratio is None else 100 * self.amount_ratio
+
+    @property
+    def sender_seconds(self) -> int:
+        """How long a sender is remembered after its last transfer."""
+        return max(self.memory_seconds, self.window_seconds)
 
     @property
     def refresh_seconds(self) -> int:
@@ -367,22 +383,26 @@ class FlowParams:
         Examples
         --------
         >>> FlowParams().max_state_bytes(24)
-        17458
+        21108
         >>> FlowParams().max_state_bytes()
-        25050
+        29532
         """
         ident = id_bytes + 2
         # [hash<=15 digits, hops<=2, ts<=10, ts<=10, lo<=18, hi<=18] and a comma;
         # destinations add a low hash
         path = 1 + 15 + 1 + 2 + 1 + 10 + 1 + 10 + 1 + 18 + 1 + 18 + 1 + 1
         dest = path + 1 + 15
-        # [id, ts<=10, amount<=18 digits (10**17 minor units)] and a comma
-        sender = 1 + ident + 1 + 10 + 1 + 18 + 1 + 1
+        # [id, ts<=10, amount<=18 digits (10**17 minor units), ts, count<=10 digits, ts,
+        # amount] and a comma
+        sender = 1 + ident + 1 + 10 + 1 + 18 + 1 + 10 + 1 + 10 + 1 + 10 + 1 + 18 + 1 + 1
         via = 1 + 15 + 1 + 10 + 1 + 1
         gather = 1 + 15 + 1 + max(ident, 4) + 1 + 2 + via * self.max_vias + 1 + 1
-        header = 1 + 2 + ident + 1 + 10 + 1 + 4 * 2 + 1
+        header = 1 + 2 + ident + 1 + 10 + 1 + 5 * 2 + 1
+        # [id, ts] and a comma
+        receiver = 1 + ident + 1 + 10 + 1 + 1
         return (
             header
+            + receiver * self.max_gather_origins
             + (path + dest) * self.max_entries
             + sender * self.max_entries
             + gather * self.max_gather_origins
@@ -415,7 +435,8 @@ class FlowSketch:
         The bounds, shared by every sketch of the stage.
     """
 
-    __slots__ = ("account_id", "dests", "gathers", "latest_ts", "origins", "params", "senders")
+    __slots__ = ("account_id", "dests", "gathers", "latest_ts", "origins", "params",
+                 "receivers", "senders")
 
     def __init__(self, params: FlowParams = DEFAULT_FLOW_PARAMS) -> None:
         self.params = params
@@ -425,10 +446,13 @@ class FlowSketch:
         self.origins: dict[int, list[int]] = {}
         #: destination hash -> [hops, first_ts, last_ts, low, lo, hi]
         self.dests: dict[int, list[int]] = {}
-        #: sender account id -> [last_ts, last_amount_minor]
+        #: sender account id -> [last_ts, last_amount_minor, first_ts, transfers, novel_ts,
+        #: novel_amount_minor]
         self.senders: dict[str, list[int]] = {}
         #: two-hop origin hash -> (account id or None, {via hash: ts})
         self.gathers: dict[int, tuple[str | None, dict[int, int]]] = {}
+        #: receiver account id -> last novel ts, the most recent max_gather_origins
+        self.receivers: dict[str, int] = {}
 
     # -- state --------------------------------------------------------------------------------
 
@@ -450,6 +474,7 @@ class FlowSketch:
                 [key, account, sorted([via, ts] for via, ts in vias.items())]
                 for key, (account, vias) in sorted(self.gathers.items())
             ],
+            sorted([account, ts] for account, ts in self.receivers.items()),
         ]
 
     @classmethod
@@ -457,21 +482,29 @@ class FlowSketch:
         cls, state: Sequence[Any], params: FlowParams = DEFAULT_FLOW_PARAMS
     ) -> FlowSketch:
         """The sketch :meth:`to_state` described."""
-        if not isinstance(state, list | tuple) or len(state) != 7 or state[0] != STATE_FORMAT:
+        if (not isinstance(state, list | tuple) or len(state) not in (7, 8)
+                or state[0] != STATE_FORMAT):
             head = state[:1] if isinstance(state, list | tuple) else state
             message = f"unknown flow sketch state format: {head!r}"
             raise ValueError(message)
-        _, account_id, latest_ts, origins, dests, senders, gathers = state
+        _, account_id, latest_ts, origins, dests, senders, gathers = state[:7]
+        # receivers are absent before late gathers were sent
+        sketch_receivers = {account: ts for account, ts in state[7]} if len(state) > 7 else {}
         sketch = cls(params)
         sketch.account_id = account_id
         sketch.latest_ts = latest_ts
         # entries of format 1 written before amounts were kept have none (0, 0)
         sketch.origins = {row[0]: [*row[1:4], *(row[4:6] or (0, 0))] for row in origins}
         sketch.dests = {row[0]: [*row[1:5], *(row[5:7] or (0, 0))] for row in dests}
-        sketch.senders = {account: [ts, amount] for account, ts, amount in senders}
+        # rows of three items are from before novelty was kept: every transfer was novel
+        sketch.senders = {
+            row[0]: list(row[1:7]) if len(row) == 7 else [row[1], row[2], row[1], 1, *row[1:3]]
+            for row in senders
+        }
         sketch.gathers = {
             key: (account, {via: ts for via, ts in vias}) for key, account, vias in gathers
         }
+        sketch.receivers = sketch_receivers
         return sketch
 
     def __eq__(self, other: object) -> bool:
@@ -545,28 +578,39 @@ class FlowSketch:
         features = self._features(record, "edge", receiver, sender, ts, amount)
         if sender == receiver:
             return features
-        carried = _origins(record.get("sender_origins"), sender, ts)
-        ring = self._ring_at_edge(carried, ts, amount)
+        novel = self._novel(sender, ts)
+        features["flow_novel"] = novel
+        carried = _origins(record.get("sender_origins"), sender, ts) if novel else []
+        ring = self._ring_at_edge(carried, ts, amount) if novel else None
         if ring is not None:
             length, first, last, lo, hi = ring
             features.update(cycle_length=length, cycle_amount_minor=amount,
                             cycle_span_seconds=last - first, cycle_low_minor=lo,
-                            cycle_high_minor=hi)
+                            cycle_high_minor=hi, cycle_key=ring_key(length, first, last, lo, hi))
             # Remembered as the ring through this account, so that no later wave reports it
             # here again. Its low is not read: only a new or shorter ring's low is.
             self._merge(self.dests, stable_hash(receiver), [length, first, last, 0, lo, hi])
             self._evict(self.dests)
-        reach = self.params.hub_seconds
-        known = self.senders.get(sender)
-        # the same transfer seen again (same time) gives the same features
-        new_sender = known is None or known[_TS] == ts or abs(known[_TS] - ts) > reach
-        self._add_sender(sender, ts, amount)
+        self._add_sender(sender, ts, amount, novel)
+        if not novel:  # a repeat payment: it counts nowhere
+            return features
         self._add_origins(carried, sender, ts, amount)
-        features.update(self._fan_in(sender, ts))
+        features.update(self._fan_in(sender))
         features.update(self._scatter_gather(ts, stable_hash(sender)))
         features.update(self._hub(ts, sender=sender))
-        features["gather_scatter_new"] = new_sender
+        features["gather_scatter_new"] = True
         return features
+
+    def _novel(self, sender: str, ts: int) -> bool:
+        """Whether the transfer from ``sender`` at ``ts`` is among a relationship's first.
+
+        Decided on event time: a transfer no later than the first one
+        remembered is novel whatever order the two arrive in.
+        """
+        known = self.senders.get(sender)
+        limit = self.params.novel_transfers
+        return (known is None or limit is None or known[_COUNT] < limit
+                or ts <= known[_SEEN] or ts == known[_NOVEL_TS])
 
     def observe_back(self, record: Mapping[str, Any]) -> BackOutcome:
         """Apply a ``back`` or ``relay`` record at its sender.
@@ -583,24 +627,98 @@ class FlowSketch:
         features = self._features(record, kind, sender, receiver, ts, amount)
         if sender == receiver:
             return BackOutcome(features, [])
+        if record.get("novel") is False:  # a repeat payment, decided at the receiver
+            return BackOutcome(features, [])
+        features["flow_novel"] = True
         reported = optional_int(record.get("cycle_length")) or 0
         carried = _dests(record.get("receiver_dests"), receiver, ts)
         receiver_hash = stable_hash(receiver)
         known = self.dests.get(receiver_hash)
-        new_receiver = (known is None or known[_HOPS] != 1 or known[_LAST] == ts
-                        or abs(known[_LAST] - ts) > self.params.hub_seconds)
+        new_receiver = known is None or known[_HOPS] != 1 or known[_FIRST] >= ts
         changed = self._add_dests(carried, receiver_hash, ts, amount)
         ring = None if reported else self._ring_at_back(changed)
         if ring is not None:
-            length, span, lo, hi = ring
+            length, first, last, lo, hi = ring
             reported = length
             features.update(cycle_length=length, cycle_amount_minor=amount,
-                            cycle_span_seconds=span, cycle_low_minor=lo, cycle_high_minor=hi)
+                            cycle_span_seconds=last - first, cycle_low_minor=lo,
+                            cycle_high_minor=hi, cycle_key=ring_key(length, first, last, lo, hi))
         if kind == "back":
             features.update(self._hub(ts, receiver=receiver))
             features["gather_scatter_new"] = new_receiver
+            self._add_receiver(receiver, ts)
         relays = self._relays(record, changed, reported)
         return BackOutcome(features, relays)
+
+    def late_gathers(self, record: Mapping[str, Any], features: Mapping[str, Any]) -> list[
+            dict[str, Any]]:
+        """``gather`` records for receivers this account paid after the edge's event time.
+
+        An edge ``o -> u`` processed after ``u -> r`` although it happened
+        before (a backlog) arrives too late to travel with ``u -> r``: each such
+        ``r``, paid within ``hub_seconds`` after it, is told that ``o``'s money
+        reached it through ``u``, as it would have been in event order.
+        Nothing to send when records arrive in order.
+        """
+        ts, sender, receiver = _transfer(record)
+        if not features.get("flow_novel") or sender == receiver or self._is_hub():
+            return []
+        if len(self.senders) > self.params.max_gather_origins:
+            return []  # too busy to be an intermediary (see _add_origins)
+        reach = self.params.window_seconds
+        out = []
+        for account, paid in sorted(self.receivers.items()):
+            if not ts <= paid <= ts + reach:
+                continue
+            out.append({
+                "kind": "gather", "event_id": record.get("event_id"),
+                "event_type": record.get("event_type") or "transfer",
+                "relay_id": f"gather-{record.get('event_id')}-{account}",
+                "ts": paid, "sender": receiver, "receiver": account,
+                "amount_minor": 0, "origin": sender,
+            })  # fmt: skip
+        return out
+
+    def gathers_for_back(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``gather`` records for the senders this account had that the edge did not carry.
+
+        Called with a ``back`` record: an edge built before this account's own
+        incoming transfers were processed (a backlog) carried none of them;
+        ``record["gathered"]`` lists the hop-1 origins it did carry.
+        """
+        ts, sender, receiver = _transfer(record)
+        if record.get("novel") is False or sender == receiver or self._is_hub():
+            return []
+        if len(self.senders) > self.params.max_gather_origins:
+            return []
+        carried = set(record.get("gathered") or ())
+        oldest = ts - self.params.window_seconds
+        return [
+            {"kind": "gather", "event_id": record.get("event_id"),
+             "event_type": record.get("event_type") or "transfer",
+             "relay_id": f"gather-{record.get('event_id')}-{origin}",
+             "ts": ts, "sender": sender, "receiver": receiver, "amount_minor": 0,
+             "origin": origin}
+            for origin, entry in sorted(self.senders.items())
+            if entry[_NOVEL_TS] and oldest <= entry[_SEEN] <= ts and origin != receiver
+            and stable_hash(origin) not in carried
+        ]  # fmt: skip
+
+    def observe_gather(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a ``gather`` record (see :meth:`late_gathers`) at its receiver."""
+        ts, via, receiver = _transfer(record)
+        origin = record.get("origin")
+        if not isinstance(origin, str) or not origin:
+            message = f"a gather record needs its origin account, not {origin!r}"
+            raise ValueError(message)
+        self._own(receiver)
+        self._advance(ts)
+        features = self._features(record, "gather", receiver, via, ts, 0)
+        via_hash = stable_hash(via)
+        self._add_via(stable_hash(origin), origin, via_hash, ts)
+        self._evict_gathers()
+        features.update(self._scatter_gather(ts, via_hash))
+        return features
 
     # -- internals: bookkeeping ----------------------------------------------------------------
 
@@ -634,9 +752,12 @@ class FlowSketch:
             stale = [key for key, entry in table.items() if entry[_FIRST] < oldest]
             for key in stale:
                 del table[key]
-        for account in [a for a, entry in self.senders.items() if entry[_TS] < oldest]:
+        forgotten = ts - self.params.sender_seconds
+        for account in [a for a, entry in self.senders.items() if entry[_TS] < forgotten]:
             del self.senders[account]
         oldest_via = ts - KEPT_WINDOWS * self.params.hub_seconds
+        for account in [a for a, paid in self.receivers.items() if paid < oldest_via]:
+            del self.receivers[account]
         for key in list(self.gathers):
             vias = self.gathers[key][1]
             for via in [v for v, seen in vias.items() if seen < oldest_via]:
@@ -670,13 +791,21 @@ class FlowSketch:
         for _, _, key in heapq.nsmallest(excess, order):
             del table[key]
 
-    def _add_sender(self, sender: str, ts: int, amount: int) -> None:
+    def _add_sender(self, sender: str, ts: int, amount: int, novel: bool) -> None:
         entry = self.senders.get(sender)
         if entry is None:
-            self.senders[sender] = [ts, amount]
-        elif ts >= entry[_TS]:
-            entry[_TS] = ts
-            entry[_AMOUNT] = amount
+            self.senders[sender] = [ts, amount, ts, 1, *((ts, amount) if novel else (0, 0))]
+        else:
+            replayed = ts in (entry[_TS], entry[_SEEN], entry[_NOVEL_TS])
+            if not replayed:
+                entry[_COUNT] += 1
+            if ts >= entry[_TS]:
+                entry[_TS] = ts
+                entry[_AMOUNT] = amount
+            entry[_SEEN] = min(entry[_SEEN], ts)
+            if novel and ts >= entry[_NOVEL_TS]:
+                entry[_NOVEL_TS] = ts
+                entry[_NOVEL_AMOUNT] = amount
         excess = len(self.senders) - self.params.max_entries
         if excess > 0:
             others = (
@@ -705,7 +834,7 @@ class FlowSketch:
             if key == mine:
                 continue
             # split money changes size: intermediaries count whatever the amounts
-            if hops == 1 and gathering:
+            if hops == 1 and gathering and last <= ts:
                 self._add_via(key, name, via, ts)
                 gathered = True
             if hops >= longest:
@@ -725,6 +854,12 @@ class FlowSketch:
         self._evict(origins)
         if gathered:
             self._evict_gathers()
+
+    def _add_receiver(self, receiver: str, ts: int) -> None:
+        receivers = self.receivers
+        receivers[receiver] = max(ts, receivers.get(receiver, ts))
+        if len(receivers) > self.params.max_gather_origins:
+            del receivers[min(receivers, key=lambda account: (receivers[account], account))]
 
     def _add_via(self, origin: int, name: str | None, via: int, ts: int) -> None:
         account, vias = self.gathers.get(origin, (None, {}))
@@ -783,6 +918,11 @@ class FlowSketch:
         self._evict(dests)
         return [key for key in changed if key in dests]
 
+    def _recent_senders(self) -> int:
+        """Senders whose transfers extended paths within the window."""
+        oldest = self.latest_ts - self.params.window_seconds
+        return sum(1 for entry in self.senders.values() if entry[_NOVEL_TS] >= oldest)
+
     def _sender_names(self) -> dict[int, str]:
         return {stable_hash(account): account for account in self.senders}
 
@@ -791,7 +931,7 @@ class FlowSketch:
 
     def _is_hub(self) -> bool:
         degree = self.params.hub_degree
-        if len(self.senders) >= degree:
+        if len(self.senders) >= degree and self._recent_senders() >= degree:
             return True
         if len(self.dests) < degree:  # receivers are some of the destinations
             return False
@@ -844,8 +984,8 @@ class FlowSketch:
         length, _, ring_first, ring_last, ring_lo, ring_hi = best
         return length, ring_first, ring_last, ring_lo, ring_hi
 
-    def _ring_at_back(self, changed: list[int]) -> tuple[int, int, int, int] | None:
-        """(length, span, lo, hi) of a ring through this account that it has just learnt, or None.
+    def _ring_at_back(self, changed: list[int]) -> tuple[int, int, int, int, int] | None:
+        """(length, first_ts, last_ts, lo, hi) of a ring through this account just learnt, or None.
 
         Every account of a ring learns that it reaches itself, each through the
         relay wave of whichever transfer completed the ring for it; only the
@@ -859,7 +999,7 @@ class FlowSketch:
         hops, first, last, low, lo, hi = self.dests[mine]
         if low != mine or not 2 <= hops <= self.params.max_ring:
             return None
-        return hops, last - first, lo, hi
+        return hops, first, last, lo, hi
 
     def _relays(self, record: Mapping[str, Any], changed: list[int],
                 reported: int) -> list[dict[str, Any]]:
@@ -884,7 +1024,11 @@ class FlowSketch:
         }
         parent = str(record.get("relay_id") or record.get("event_id", ""))
         relays = []
-        for account, (sent_ts, sent_amount) in sorted(self.senders.items()):
+        oldest = self.latest_ts - self.params.window_seconds
+        for account, entry in sorted(self.senders.items()):
+            sent_ts, sent_amount = entry[_NOVEL_TS], entry[_NOVEL_AMOUNT]
+            if sent_ts < oldest or not sent_ts:
+                continue  # only transfers that extended paths carry their changes back
             closing = last_hop.get(stable_hash(account))
             payload = [*shared, closing] if closing is not None else shared
             if not payload:
@@ -933,29 +1077,47 @@ class FlowSketch:
             "gather_scatter_out": 0,
             "gather_scatter_new": False,
             "hub_seconds": self.params.hub_seconds,
+            "flow_novel": False,
+            "cycle_key": None,
+            "scatter_gather_key": None,
+            "gather_scatter_key": None,
+            "fan_in_key": None,
         }
 
-    def _fan_in(self, sender: str, ts: int) -> dict[str, int]:
-        others = [entry[_TS] for account, entry in self.senders.items() if account != sender]
+    def _fan_in(self, sender: str) -> dict[str, Any]:
+        """New senders in the densest window around this sender's first transfer.
+
+        Each sender counts at the time of its first remembered transfer, so the
+        count does not depend on the order in which transfers arrive.
+        """
+        ts = self.senders[sender][_SEEN]
+        others = [entry[_SEEN] for account, entry in self.senders.items() if account != sender]
         times = sorted(others)
         insort(times, ts)
         anchor = times.index(ts)
         lo, hi = densest_window(times, anchor, self.params.fan_in_seconds)
-        return {"fan_in_senders": hi - lo, "fan_in_span_seconds": times[hi - 1] - times[lo]}
+        return {"fan_in_senders": hi - lo, "fan_in_span_seconds": times[hi - 1] - times[lo],
+                "fan_in_key": f"fan_in:{self.account_id}"}
 
     def _scatter_gather(self, ts: int, via: int | None = None) -> dict[str, Any]:
         """The origin reaching this account through the most intermediaries around ``ts``.
 
         With ``via`` (the hash of this edge's sender), only origins whose money came
-        through that intermediary count: a later, unrelated transfer into a collector
-        does not report the pattern again.
+        through that intermediary count, in the densest window of ``2 * hub_seconds``
+        that holds that intermediary's time: a later, unrelated transfer into a
+        collector does not report the pattern again, and whichever of the
+        intermediaries arrives last sees the same window.
         """
-        reach = self.params.hub_seconds
+        width = 2 * self.params.hub_seconds
         best: tuple[int, int] | None = None
         for key, (_, vias) in self.gathers.items():
             if via is not None and via not in vias:
                 continue
-            count = sum(1 for seen in vias.values() if abs(seen - ts) <= reach)
+            times = sorted(vias.values())
+            anchor = times.index(vias[via]) if via is not None else times.index(
+                min(times, key=lambda seen: abs(seen - ts)))
+            lo, hi = densest_window(times, anchor, width)
+            count = hi - lo
             if count and (best is None or (count, -key) > (best[0], -best[1])):
                 best = (count, key)
         if best is None:
@@ -965,23 +1127,65 @@ class FlowSketch:
             "scatter_gather_vias": count,
             "scatter_gather_origin": hash_hex(key),
             "scatter_gather_origin_id": self.gathers[key][0],
+            "scatter_gather_key": f"scatter_gather:{hash_hex(key)}:{self.account_id}",
         }
 
     def _hub(self, ts: int, *, sender: str | None = None,
-             receiver: str | None = None) -> dict[str, int]:
-        reach = self.params.hub_seconds
-        senders = {
-            account for account, entry in self.senders.items() if abs(entry[_TS] - ts) <= reach
-        }
-        receivers = {
-            key for key, entry in self.dests.items()
-            if entry[_HOPS] == 1 and abs(entry[_LAST] - ts) <= reach
-        }
+             receiver: str | None = None) -> dict[str, Any]:
+        """New senders and receivers in the busiest window of ``2 * hub_seconds`` holding ``ts``.
+
+        Senders count at their first transfer, receivers at their latest that
+        extended paths: a record arriving late finds the window it completes.
+        """
+        width = 2 * self.params.hub_seconds
+        ins = [entry[_SEEN] for account, entry in self.senders.items()
+               if entry[_NOVEL_TS] and account != sender and abs(entry[_SEEN] - ts) <= width]
+        outs = [entry[_LAST] for key, entry in self.dests.items()
+                if entry[_HOPS] == 1 and abs(entry[_LAST] - ts) <= width]
+        mine = stable_hash(receiver) if receiver is not None else None
+        if mine is not None:
+            outs = [last for key, entry in self.dests.items()
+                    if entry[_HOPS] == 1 and key != mine
+                    for last in (entry[_LAST],) if abs(last - ts) <= width]
+            outs.append(ts)
         if sender is not None:
-            senders.add(sender)
-        if receiver is not None:
-            receivers.add(stable_hash(receiver))
-        return {"gather_scatter_in": len(senders), "gather_scatter_out": len(receivers)}
+            ins.append(self.senders[sender][_SEEN] if sender in self.senders else ts)
+        ins.sort()
+        outs.sort()
+        best = (0, 0)
+        for start in sorted({t for t in (*ins, *outs, ts) if ts - width <= t <= ts}):
+            end = start + width
+            count_in = bisect_right(ins, end) - bisect_left(ins, start)
+            count_out = bisect_right(outs, end) - bisect_left(outs, start)
+            if min(count_in, count_out) > min(best) or (
+                    min(count_in, count_out) == min(best) and count_in + count_out > sum(best)):
+                best = (count_in, count_out)
+        return {"gather_scatter_in": best[0], "gather_scatter_out": best[1],
+                "gather_scatter_key": f"gather_scatter:{self.account_id}"}
+
+
+def gathered_origins(edge: Mapping[str, Any]) -> list[int]:
+    """Hashes of the hop-1 origins an edge record carried (its back record lists them)."""
+    rows = edge.get("sender_origins")
+    if not isinstance(rows, list):
+        return []
+    return sorted({row[0] for row in rows if isinstance(row, list) and len(row) > 1
+                   and row[1] == 1 and type(row[0]) is int})
+
+
+def ring_key(length: int, first: int, last: int, lo: int, hi: int) -> str:
+    """What names one ring whichever of its accounts finds it and in whatever order.
+
+    Its length, first and last transfer times and smallest and largest
+    amounts: the same for every account of the ring, unlike the record that
+    happens to close it.
+
+    Examples
+    --------
+    >>> ring_key(4, 1_709_251_200, 1_709_510_400, 90_000, 120_000)
+    'ring:4:1709251200:1709510400:90000:120000'
+    """
+    return f"ring:{length}:{first}:{last}:{lo}:{hi}"
 
 
 def edge_origins(sketch: FlowSketch | None, account_id: str, ts: int) -> list[list[Any]]:
@@ -1180,12 +1384,20 @@ class InMemoryFlowStage:
             "ts": edge["ts"], "sender": edge["sender"], "receiver": edge["receiver"],
             "amount_minor": edge.get("amount_minor"),
             "receiver_dests": receiver.dests_for_back(edge["ts"]),
-            "cycle_length": features["cycle_length"],
+            "cycle_length": features["cycle_length"], "novel": features["flow_novel"],
+            "gathered": gathered_origins(edge),
         }  # fmt: skip
-        queue: deque[Mapping[str, Any]] = deque([back])
+        # the worker's order: the back record, late gathers, then what each record sends
+        queue: deque[Mapping[str, Any]] = deque([back, *receiver.late_gathers(edge, features)])
         while queue:
             record = queue.popleft()
-            outcome = self.sketch(record["sender"]).observe_back(record)
+            if record.get("kind") == "gather":
+                out.append(self.sketch(record["receiver"]).observe_gather(record))
+                continue
+            sender = self.sketch(record["sender"])
+            if record.get("kind") == "back":
+                queue.extend(sender.gathers_for_back(record))
+            outcome = sender.observe_back(record)
             out.append(outcome.features)
             queue.extend(outcome.relays)
             self.relays += len(outcome.relays)
@@ -1205,6 +1417,16 @@ def _count(x: Features, key: str) -> int:
     return value if value is not None and value > 0 else 0
 
 
+#: Longest horizon a flow detector counts over: the sketch remembers senders this long.
+MAX_HORIZON_SECONDS: Final = 90 * 86_400
+
+
+def _horizon(name: str, seconds: int) -> None:
+    if seconds > MAX_HORIZON_SECONDS:
+        message = f"{name} must be at most {MAX_HORIZON_SECONDS} s (90 days), not {seconds!r}"
+        raise ValueError(message)
+
+
 def _account(x: Features) -> str:
     account = x.get("account_id")
     return account if isinstance(account, str) and account else "the account"
@@ -1217,8 +1439,9 @@ class Cycle(Detector):
     ``min_ring`` to ``max_ring`` accounts whose transfers span at most
     ``max_span_seconds`` of event time, 0.0 otherwise. A ring of 2 is a
     transfer paid back, ordinary between people, hence the default minimum 3.
-    The sketch finds rings up to its own ``max_ring`` (8 by default) within
-    its ``window_seconds`` (30 days): larger values here change nothing.
+    The flow stage sizes its sketches from these parameters
+    (``streams.stages.flow_params``): ``max_ring`` sets the longest path kept
+    and ``max_span_seconds`` the window within which a ring must close.
 
     Parameters
     ----------
@@ -1245,8 +1468,8 @@ class Cycle(Detector):
     name: ClassVar[str] = "cycle"
     stage: ClassVar[str] = "flow"
 
-    def __init__(self, min_ring: int = 3, max_ring: int = 8,
-                 max_span_seconds: int = 30 * 86_400) -> None:
+    def __init__(self, min_ring: int = 3, max_ring: int = 10,
+                 max_span_seconds: int = 28 * 86_400) -> None:
         positive_int("min_ring", min_ring)
         positive_int("max_ring", max_ring)
         positive_int("max_span_seconds", max_span_seconds)
@@ -1255,6 +1478,9 @@ class Cycle(Detector):
             raise ValueError(message)
         if max_ring < min_ring:
             message = f"max_ring ({max_ring!r}) must be at least min_ring ({min_ring!r})"
+            raise ValueError(message)
+        if max_ring > 64:
+            message = f"max_ring must be at most 64 accounts (a flow sketch's), not {max_ring!r}"
             raise ValueError(message)
         self.min_ring = min_ring
         self.max_ring = max_ring
@@ -1300,6 +1526,10 @@ class ScatterGather(Detector):
     ----------
     min_vias
         Distinct intermediaries that score 1.0 (the sketch keeps at most 8).
+    window_seconds
+        Half-width, in event time, of the window around the transfer in which
+        intermediaries count (the sketch's ``hub_seconds``, shared with
+        ``gather_scatter``: the stage uses the longer of the two).
 
     Examples
     --------
@@ -1316,15 +1546,18 @@ class ScatterGather(Detector):
     name: ClassVar[str] = "scatter_gather"
     stage: ClassVar[str] = "flow"
 
-    def __init__(self, min_vias: int = 3) -> None:
+    def __init__(self, min_vias: int = 3, window_seconds: int = 3 * 86_400) -> None:
         positive_int("min_vias", min_vias)
+        positive_int("window_seconds", window_seconds)
         if min_vias < 2:
             message = f"min_vias must be at least 2 intermediaries, not {min_vias!r}"
             raise ValueError(message)
+        _horizon("window_seconds", window_seconds)
         self.min_vias = min_vias
+        self.window_seconds = window_seconds
 
     def score_one(self, x: Features) -> float:
-        if x.get("record_kind", "edge") != "edge":
+        if x.get("record_kind", "edge") not in ("edge", "gather"):
             return 0.0
         return _count(x, "scatter_gather_vias") / self.min_vias
 
@@ -1360,6 +1593,9 @@ class GatherScatter(Detector):
         Distinct senders that, with ``min_out`` receivers, score 1.0.
     min_out
         Distinct receivers that, with ``min_in`` senders, score 1.0.
+    window_seconds
+        Half-width, in event time, of the window around the record in which new
+        senders and receivers count (the sketch's ``hub_seconds``).
 
     Examples
     --------
@@ -1375,11 +1611,15 @@ class GatherScatter(Detector):
     name: ClassVar[str] = "gather_scatter"
     stage: ClassVar[str] = "flow"
 
-    def __init__(self, min_in: int = 5, min_out: int = 5) -> None:
+    def __init__(self, min_in: int = 5, min_out: int = 5,
+                 window_seconds: int = 3 * 86_400) -> None:
         positive_int("min_in", min_in)
         positive_int("min_out", min_out)
+        positive_int("window_seconds", window_seconds)
+        _horizon("window_seconds", window_seconds)
         self.min_in = min_in
         self.min_out = min_out
+        self.window_seconds = window_seconds
 
     def score_one(self, x: Features) -> float:
         if x.get("record_kind", "edge") == "relay" or x.get("gather_scatter_new") is False:
@@ -1410,6 +1650,9 @@ class FanIn(Detector):
     ----------
     max_senders
         Distinct senders that score 1.0 (at most 64).
+    window_seconds
+        Width of the window, in event time, in which new senders count (the
+        sketch's ``fan_in_seconds``); each sender counts at its first transfer.
 
     Examples
     --------
@@ -1425,8 +1668,10 @@ class FanIn(Detector):
     name: ClassVar[str] = "fan_in"
     stage: ClassVar[str] = "flow"
 
-    def __init__(self, max_senders: int = 20) -> None:
+    def __init__(self, max_senders: int = 20, window_seconds: int = 86_400) -> None:
         positive_int("max_senders", max_senders)
+        positive_int("window_seconds", window_seconds)
+        _horizon("window_seconds", window_seconds)
         if max_senders > DEFAULT_FLOW_PARAMS.max_entries:
             message = (
                 f"max_senders must be at most {DEFAULT_FLOW_PARAMS.max_entries} (the senders a"
@@ -1434,6 +1679,7 @@ class FanIn(Detector):
             )
             raise ValueError(message)
         self.max_senders = max_senders
+        self.window_seconds = window_seconds
 
     def score_one(self, x: Features) -> float:
         if x.get("record_kind", "edge") != "edge":

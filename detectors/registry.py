@@ -232,12 +232,16 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "learn_flagged": True,
         },
         # -- derived stages (streams/stages.py) -------------------------------------------
-        "cycle": {"params": {"min_ring": 3, "max_ring": 8, "max_span_seconds": 2_592_000},
+        # Rings of 3 to 10 accounts closed within 4 weeks; horizons up to 90 days
+        # (streams.stages.flow_params sizes the flow sketch from these).
+        "cycle": {"params": {"min_ring": 3, "max_ring": 10, "max_span_seconds": 2_419_200},
                   "threshold": 1.0, "severity": "high"},
-        "scatter_gather": {"params": {"min_vias": 3}, "threshold": 1.0, "severity": "high"},
-        "gather_scatter": {"params": {"min_in": 5, "min_out": 5}, "threshold": 1.0,
-                           "severity": "medium"},
-        "fan_in": {"params": {"max_senders": 20}, "threshold": 1.0, "severity": "medium"},
+        "scatter_gather": {"params": {"min_vias": 3, "window_seconds": 259_200},
+                           "threshold": 1.0, "severity": "high"},
+        "gather_scatter": {"params": {"min_in": 5, "min_out": 5, "window_seconds": 259_200},
+                           "threshold": 1.0, "severity": "medium"},
+        "fan_in": {"params": {"max_senders": 20, "window_seconds": 86_400}, "threshold": 1.0,
+                   "severity": "medium"},
         "identity_reuse": {"threshold": 1.0, "severity": "high"},
         "loan_stacking": {"threshold": 1.0, "severity": "high"},
         "pledge_churn": {"threshold": 1.0, "severity": "medium"},

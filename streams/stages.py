@@ -65,9 +65,14 @@ PROJECT_EVENT_TYPES: Final = frozenset({"pledge", "pledge_refund", "project_payo
 #: synthetic network: 2 hops cost 6 relays per transfer on average and found 83 of
 #: 100 injected rings; relaying everything found all 100 at 41. When a ring's
 #: transfers are processed together (a backlog), only full relaying finds it. Since
-#: paths must keep their amounts (``FlowParams.amount_spread_percent``), full relaying
-#: costs 1.7 relays per transfer on 200,000 simulator events, down from 17.7.
+#: only new relationships extend paths (``FlowParams.novel_transfers``), full relaying
+#: stays cheap (docs/design.md, flow section, has the figures).
 FLOW_RELAY_HOPS: Final[int | None] = None
+#: New senders (or receivers) within the ring window from which an account passes no
+#: path on. Laundering rings run through dedicated accounts with few new counterparties;
+#: at the sketch's own default every account of a young or growing network relays
+#: (docs/design.md, flow stage, has the measurements).
+FLOW_HUB_DEGREE: Final = 8
 #: Alert ids remembered per stage key (see :class:`StageEntry`).
 ALERTED_IDS: Final = 16
 
@@ -227,8 +232,14 @@ class DerivedStage:
                     detected_at = datetime.now(UTC)
                 # scoped by key: an event that is two identity records (device and
                 # phone) can be two findings, each with its own id
+                scope: str | None = record["_key"]
+                named = features.get(f"{alerter.name}_key")
+                if isinstance(named, str) and named:
+                    # a finding that names what it is about (a ring) keeps one id
+                    # whichever account, record or arrival order reaches it
+                    finding, scope = replace(finding, key=named), None
                 alert = Alert.from_finding(finding, event, detected_at, self.config_version,
-                                           scope=record["_key"])
+                                           scope=scope)
                 alerted = short_hash(alert.alert_id)
                 if alerted in entry.alerted:
                     continue  # raised before, from a copy of this record
@@ -295,7 +306,13 @@ def forwards_for(event: Event, x: Mapping[str, Any],
 
 # -- the three stages, built from their sketches ----------------------------------------------
 def _observe_flow(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any], list[Forward]]:
-    """Edge at the receiver (answered with a back record), back/relay at the sender."""
+    """Edge at the receiver (answered with a back record), back/relay at the sender.
+
+    ``gather`` records repair a scatter-gather count whose records arrived
+    late (``FlowSketch.late_gathers``, ``FlowSketch.gathers_for_back``).
+    """
+    from detectors.flow import gathered_origins
+
     if record.get("kind") == "edge":
         features = sketch.observe_edge(record)
         sender, receiver, ts = record["sender"], record["receiver"], int(record["ts"])
@@ -306,19 +323,62 @@ def _observe_flow(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any], 
             "receiver_dests": sketch.dests_for_back(ts, receiver),
             # a ring reported here is not reported again where the back record lands
             "cycle_length": features.get("cycle_length", 0),
+            # a repeat payment, known only here, extends no path at the sender either
+            "novel": bool(features.get("flow_novel", True)),
+            # what the sender must still pass on to a scatter-gather count here
+            "gathered": gathered_origins(record),
         }
-        return features, [Forward(FLOW, sender, back)]
+        gathers = [Forward(FLOW, str(g["receiver"]), {**g, "_key": g["receiver"]})
+                   for g in sketch.late_gathers(record, features)]
+        return features, [Forward(FLOW, sender, back), *gathers]
+    if record.get("kind") == "gather":
+        return sketch.observe_gather(record), []
+    gathers = [Forward(FLOW, str(g["receiver"]), {**g, "_key": g["receiver"]})
+               for g in sketch.gathers_for_back(record)] if record.get("kind") == "back" else []
     outcome = sketch.observe_back(record)
-    relays = [Forward(FLOW, str(r["sender"]), {**r, "_key": r["sender"]}) for r in outcome.relays]
+    relays = gathers + [Forward(FLOW, str(r["sender"]), {**r, "_key": r["sender"]})
+                        for r in outcome.relays]
     return outcome.features, relays
 
 
-def _sketch_of(name: str) -> tuple[Any, Callable[..., Any]]:
-    if name == FLOW:
-        from detectors.flow import FlowParams, FlowSketch
+def flow_params(alerters: Sequence[ThresholdAlerter]) -> Any:
+    """The flow sketch's bounds for these detectors: rings and horizons as configured.
 
-        # relays keep ring detection independent of processing order
-        params = FlowParams(relay_hops=FLOW_RELAY_HOPS)
+    ``cycle``'s ``max_ring`` and ``max_span_seconds`` set the sketch's ring
+    length and window, ``fan_in``'s ``window_seconds`` its fan-in window and
+    the longest of ``gather_scatter``'s and ``scatter_gather``'s
+    ``window_seconds`` its hub window; the sender memory covers the longest.
+    """
+    from detectors.flow import DEFAULT_FLOW_PARAMS as defaults
+    from detectors.flow import FlowParams
+
+    detectors = {alerter.name: alerter.detector for alerter in alerters}
+    changes: dict[str, int] = {}
+    cycle = detectors.get("cycle")
+    if cycle is not None:
+        changes["max_ring"] = max(2, getattr(cycle, "max_ring", defaults.max_ring))
+        changes["window_seconds"] = getattr(cycle, "max_span_seconds", defaults.window_seconds)
+    fan_in = detectors.get("fan_in")
+    if fan_in is not None:
+        changes["fan_in_seconds"] = getattr(fan_in, "window_seconds", defaults.fan_in_seconds)
+    hubs = [getattr(detectors[name], "window_seconds", defaults.hub_seconds)
+            for name in ("gather_scatter", "scatter_gather") if name in detectors]
+    if hubs:
+        changes["hub_seconds"] = max(hubs)
+    seconds = [changes.get(name, 0) for name in ("window_seconds", "fan_in_seconds",
+                                                 "hub_seconds")]
+    longest = max(defaults.memory_seconds, *seconds)
+    # relays keep ring detection independent of processing order
+    return FlowParams(relay_hops=FLOW_RELAY_HOPS, hub_degree=FLOW_HUB_DEGREE,
+                      memory_seconds=longest, **changes)
+
+
+def _sketch_of(name: str, alerters: Sequence[ThresholdAlerter] = ()) -> tuple[Any,
+                                                                            Callable[..., Any]]:
+    if name == FLOW:
+        from detectors.flow import FlowSketch
+
+        params = flow_params(alerters)
 
         class BoundedFlow:
             new = staticmethod(lambda: FlowSketch.new(params))
@@ -369,7 +429,7 @@ def build_stages(stage_alerters: Mapping[str, Sequence[ThresholdAlerter]], confi
     for name, alerters in stage_alerters.items():
         if not alerters or name not in STAGES:
             continue
-        sketch_type, observe = _sketch_of(name)
+        sketch_type, observe = _sketch_of(name, alerters)
         stages[name] = DerivedStage(name, sketch_type.new, sketch_type.from_state, observe,
                                     alerters, config_version, sensor)
     return stages

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detectors.flow import DEFAULT_FLOW_PARAMS
 from detectors.registry import DEFAULT_CONFIG, STAGE_DETECTORS, build_alerters
 from streams import simulate as sim
 from streams.events import EVENT_TYPES, LENDING_TYPES, Event
@@ -545,7 +546,7 @@ def test_laundering_ring_sends_money_round_a_ring_back_to_where_it_started(deriv
             if member == ring[0]["account_id"]:
                 break
         assert walked == len(ring)
-        assert cycle.min_ring <= len(ring) <= min(cycle.max_ring, 8)
+        assert cycle.min_ring <= len(ring) <= min(cycle.max_ring, DEFAULT_FLOW_PARAMS.max_ring)
         assert at(ring[-1]) - at(ring[0]) <= timedelta(seconds=cycle.max_span_seconds)
         amounts = [minor(e) for e in ring]
         assert 300_000 * 0.95**7 <= min(amounts) <= max(amounts) <= 1_500_000
@@ -739,7 +740,7 @@ def test_rings_of_every_length_in_any_order_are_caught_offline(tmp_path):
     sim.write_jsonl(traffic, events, labels_path=labels)
     rings = by_incident([orjson.loads(line) for line in events.read_bytes().splitlines()],
                         "laundering_ring")  # fmt: skip
-    assert {len(ring) for ring in rings.values()} == set(range(3, 9))
+    assert {len(ring) for ring in rings.values()} == set(range(3, DEFAULT_FLOW_PARAMS.max_ring + 1))
     assert 0 < sum(not in_ring_order(ring) for ring in rings.values()) < len(rings)
     for result in (
         evaluation.backtest(events, settings=Settings(dev_mode=True)),
