@@ -1202,7 +1202,13 @@ def check_state_json_round_trip(factory: AlerterFactory) -> None:
     ):
         restored = {account: loads(dumps(state)) for account, state in states.items()}
         assert restored == states, f"{codec}: states changed in a round trip"
+        # A keyed detector may keep global state as well (learnt population limits):
+        # both replays start from the same. KeyedDetector does not declare
+        # snapshot/restore yet, hence getattr.
+        snapshot = getattr(alerter.detector, "snapshot", lambda: None)()
         original = _replay(alerter, events[half:], copy.deepcopy(states)).scores
+        if snapshot is not None:
+            alerter.detector.restore(loads(dumps(snapshot)))  # type: ignore[union-attr]
         after = _replay(alerter, events[half:], restored).scores
         assert original == after, (
             f"{codec}: next scores differ at {_first_difference(original, after)}"
@@ -1381,7 +1387,9 @@ def check_ledger_learns_every_event(factory: AlerterFactory) -> None:
     if isinstance(detector, Detector):
         for event in events:
             detector.learn_one(event.x)
-        assert alerter.detector.snapshot() == detector.snapshot(), (
+        processed_detector = alerter.detector
+        assert isinstance(processed_detector, Detector)
+        assert processed_detector.snapshot() == detector.snapshot(), (
             "the snapshot after alerting differs from the one learnt from every event"
         )
         return

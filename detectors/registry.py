@@ -248,7 +248,8 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
         },
         "spending_burst": {
             # Outflows far above the account's own usual amounts and pace, to payees it never
-            # paid, adding up within hours (evidence halves every hour).
+            # paid, adding up within hours (evidence halves every 4 hours). docs/detection.md:
+            # the threshold against alerts, precision and early recall on two histories.
             "params": {
                 "half_life": 30,
                 "min_history": 5,
@@ -257,10 +258,10 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
                 "pace_weight": 1.0,
                 "drain_fraction": 0.8,
                 "drain_weight": 2.0,
-                "half_life_seconds": 3_600,
+                "half_life_seconds": 14_400,
                 "min_population": 1_000,
             },
-            "threshold": 6.0,
+            "threshold": 5.0,
             "severity": "high",
         },
         # -- derived stages (streams/stages.py) -------------------------------------------
@@ -312,7 +313,7 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
     account_takeover 1.0 high False
     blacklist 1.0 high False
     borrow_and_vanish 0.8 high True
-    spending_burst 6.0 high False
+    spending_burst 5.0 high False
     cycle 1.0 high False
     scatter_gather 1.0 high False
     gather_scatter 1.0 medium False

@@ -15,6 +15,11 @@ from detectors.money import format_minor
 WINDOWS: Final[Mapping[str, str]] = {"1m": "1 minute", "1h": "1 hour", "24h": "24 hours"}
 #: Measures that can be limited, the prefixes of the velocity features.
 MEASURES: Final = ("count", "distinct_cp")
+#: Quantile of a count over the population a count limit is raised to, if higher.
+COUNT_QUANTILE: Final = 0.9999
+#: Outgoing events seen before a count limit may be raised: bursts are rare in a
+#: large population, not necessarily in a small one.
+COUNT_MIN_POPULATION: Final = 20_000
 #: The money limits, per currency (``currency_limits``): one per window.
 SUM_LIMITS: Final = tuple(f"sum_{window}" for window in WINDOWS)
 #: The worker counts distinct counterparties exactly up to this many, then stops.
@@ -31,8 +36,8 @@ class VelocityLimits(Detector):
     compares them with limits. Count and counterparty limits (``limits``) hold
     for every currency; where the population the worker sees is busier (every
     event of an hour stamped with one time, a merchant hub), each is raised to
-    the ``learnt_quantile`` of that count over all events once
-    ``min_population`` have been seen, never lowered. Sum limits are money, so they are per currency
+    the :data:`COUNT_QUANTILE` of that count over all outgoing events once
+    :data:`COUNT_MIN_POPULATION` have been seen, never lowered. Sum limits are money, so they are per currency
     (``currency_limits``, names ``sum_1m``, ``sum_1h``, ``sum_24h``); in a
     currency without a configured sum limit, the limit is the
     ``learnt_quantile`` of the window sums seen in that currency, once
@@ -121,7 +126,8 @@ class VelocityLimits(Detector):
         )
         # Count limits are the same in every currency: one population for all.
         self._busy = MoneyLimits(
-            [feature for feature, _, _, _ in self._checks], {}, learnt_quantile, min_population
+            [feature for feature, _, _, _ in self._checks], {}, COUNT_QUANTILE,
+            COUNT_MIN_POPULATION,
         )
 
     def _count_limit(self, feature: str, configured: int) -> int:

@@ -477,6 +477,7 @@ def test_default_config_builds_every_account_detector_as_documented() -> None:
         ("account_takeover", 1.0, "high", None, False),
         ("blacklist", 1.0, "high", None, False),
         ("borrow_and_vanish", 0.8, "high", None, True),
+        ("spending_burst", 5.0, "high", None, False),
     ]
     assert DEFAULT_CONFIG["version"] == "defaults-3"
 
