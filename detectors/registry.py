@@ -248,7 +248,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
         },
         "spending_burst": {
             # Outflows far above the account's own usual amounts and pace, to payees it never
-            # paid, adding up within hours (evidence halves every 4 hours). docs/detection.md:
+            # paid, adding up within hours (evidence halves every 4 hours). docs/bursts.md:
             # the threshold against alerts, precision and early recall on two histories.
             "params": {
                 "half_life": 30,

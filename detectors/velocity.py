@@ -19,7 +19,7 @@ MEASURES: Final = ("count", "distinct_cp")
 COUNT_QUANTILE: Final = 0.9999
 #: Outgoing events seen before a count limit may be raised: bursts are rare in a
 #: large population, not necessarily in a small one.
-COUNT_MIN_POPULATION: Final = 20_000
+COUNT_MIN_POPULATION: Final = 10_000
 #: The money limits, per currency (``currency_limits``): one per window.
 SUM_LIMITS: Final = tuple(f"sum_{window}" for window in WINDOWS)
 #: The worker counts distinct counterparties exactly up to this many, then stops.
