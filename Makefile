@@ -29,8 +29,9 @@ $(VENV_STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# development mode: the public PII key and the demo configuration (README, "Configuration")
 demo: venv
-	$(BIN)/txwatch demo
+	TXWATCH_DEV_MODE=1 $(BIN)/txwatch demo
 
 # The prometheus-marked tests need promtool; `prometheus` provides it when it can.
 test: venv prometheus

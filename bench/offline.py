@@ -129,7 +129,8 @@ def _command(tree: Path, path: Path, sensor: bool, alerts_out: Path | None = Non
     return command
 
 
-_ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+# development mode: the public PII key and the demo configuration (README, "Configuration")
+_ENV = {**os.environ, "PYTHONHASHSEED": "0", "TXWATCH_DEV_MODE": "1"}
 
 
 def lock_step(trees: dict[str, Path], path: Path, sensor: bool, chunk: int,

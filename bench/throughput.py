@@ -80,7 +80,12 @@ SOURCE = Path(os.environ.get(SNAPSHOT_ENV) or REPO)
 # first on the path, the source also wins over the editable install's finder.
 sys.path.insert(0, str(SOURCE))
 
+from streams import clients  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+
+# Development mode, for this process and every child: the public PII key and the demo
+# configuration (README, "Configuration"); the benchmark never sees personal data.
+os.environ["TXWATCH_DEV_MODE"] = "1"
 
 DESIGNS = ("raw_aiokafka", "bare_faust", "naive_table", "txwatch")
 LABELS = {
@@ -294,12 +299,10 @@ def _use_uvloop() -> None:
 
 
 def run_raw_aiokafka(spec: dict[str, Any], tracker: Tracker) -> None:
-    from aiokafka import AIOKafkaConsumer
-
     async def consume() -> None:
-        consumer = AIOKafkaConsumer(
-            spec["payments_topic"], spec["lending_topic"], bootstrap_servers=spec["broker"],
-            group_id=spec["group"], auto_offset_reset="earliest", enable_auto_commit=True,
+        consumer = clients.consumer(
+            Settings(broker=spec["broker"]), spec["payments_topic"], spec["lending_topic"],
+            group_id=spec["group"], enable_auto_commit=True, client_id="txwatch-bench-raw",
         )
         await consumer.start()
         try:
@@ -674,30 +677,13 @@ def child_spec(broker: str, topics: Topics, group: str, expected: int, partition
 
 async def create_topics(bootstrap: str, names: Iterable[str], partitions: int,
                         configs: dict[str, str] | None = None) -> None:
-    if configs is None:
-        from streams.broker import create_topics as create
-
-        await create(bootstrap, names, partitions)
-        return
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-bench")
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)
-                                   for name in names])
-    finally:
-        await admin.close()
-    from streams.broker import create_topics as wait_for_leaders
-
-    await wait_for_leaders(bootstrap, names, partitions)
+    await clients.create_topics(Settings(broker=bootstrap), names, partitions,
+                                replication_factor=1, configs=configs, client_id="txwatch-bench")
 
 
 async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
     """Delete every topic whose name starts with one of ``prefixes``; return them."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-bench")
+    admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-bench")
     await admin.start()
     try:
         existing = await admin.list_topics()
@@ -712,9 +698,7 @@ async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
 async def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]],
                   label: str, total: int | None = None) -> int:
     """Send as fast as the producer goes; return the count once all are acknowledged."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20,
+    producer = clients.producer(Settings(broker=bootstrap), linger_ms=20,
                                 max_batch_size=512 * 1024, client_id="txwatch-bench")
     await producer.start()
     sent = 0
@@ -855,10 +839,7 @@ def summarise(outcomes: Sequence[ChildOutcome]) -> dict[str, dict[str, Any]]:
 async def read_records(bootstrap: str, topic: str, limit: int | None = None,
                        idle_seconds: float = 3.0, timeout: float = 120.0) -> list[Any]:
     """Records of ``topic`` from the beginning until ``limit`` or ``idle_seconds`` of silence."""
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = clients.consumer(Settings(broker=bootstrap), topic, client_id="txwatch-bench")
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -963,9 +944,7 @@ def histogram_summary(samples: dict[str, list[tuple[dict[str, str], float]]],
 async def paced_produce(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes, str]],
                         rate: float) -> dict[str, int]:
     """Send at ``rate`` messages/s on a drift-free schedule; ``event_id -> timestamp ms``."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0,
+    producer = clients.producer(Settings(broker=bootstrap), linger_ms=0,
                                 client_id="txwatch-bench-paced")
     await producer.start()
     loop = asyncio.get_running_loop()
@@ -1074,7 +1053,8 @@ def sample_states(args: argparse.Namespace) -> tuple[list[bytes], dict[str, Any]
     from streams.app import build_monitor
     from streams.simulate import encode, generate, topic_for
 
-    settings = Settings()  # production topic names: they are stored in each state
+    # production topic names: they are stored in each state
+    settings = Settings(dev_mode=True)
     monitor = build_monitor(settings)
     accounts = args.state_sample_accounts
     events = accounts * args.state_events_per_account

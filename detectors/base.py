@@ -15,8 +15,9 @@ Two kinds exist:
   argument instead of holding a dictionary of every account.
 
 The decision to alert is not the detector's: :class:`ThresholdAlerter` wraps a
-detector with a threshold, a severity and the rule that, by default, a model
-does not learn from what it has just flagged.
+detector with a threshold (or an alert budget, :mod:`detectors.budget`), a
+severity and the rule that, by default, a model does not learn from what it has
+just flagged.
 
 ``x`` is a mapping of features prepared by the caller (see
 ``streams/features.py``): plain numbers and strings; money in integer minor
@@ -30,6 +31,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, TypeVar, cast
+
+from detectors.budget import DEFAULT_MIN_SCORED, DEFAULT_SEGMENT_BY, ScoreBudget
 
 Features = Mapping[str, Any]
 S = TypeVar("S")
@@ -62,6 +65,9 @@ class Detector(_Parametrised, ABC):
     """One model for the whole stream."""
 
     name: ClassVar[str]
+    #: The largest score, when scores are bounded; alert budgets use it (see
+    #: :func:`detectors.budget.score_bin`).
+    max_score: ClassVar[float | None] = None
 
     def learn_one(self, x: Features) -> None:  # empty on purpose: stateless detectors learn nothing
         """Update the model with one event's features."""
@@ -86,6 +92,8 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
     """One small state per account, held by the caller."""
 
     name: ClassVar[str]
+    #: The largest score, when scores are bounded (see :attr:`Detector.max_score`).
+    max_score: ClassVar[float | None] = None
 
     @abstractmethod
     def new_state(self) -> S:
@@ -133,14 +141,23 @@ class Finding:
 
 
 class ThresholdAlerter(_Parametrised):
-    """Decides to alert when a detector's score reaches ``threshold``.
+    """Decides to alert when a detector's score reaches ``threshold``, or is within its budget.
+
+    Without ``budget`` a score at or above ``threshold`` alerts. With it, a
+    score alerts when it is at or above ``threshold`` (then a floor) **and**
+    among the top ``budget`` of the recent positive scores of its segment
+    (:class:`detectors.budget.ScoreBudget`), so the share of scored events
+    that alert stays within the budget whatever the scale of the traffic.
+    The budget's state is global to the alerter; :meth:`snapshot` and
+    :meth:`restore` carry it.
 
     Parameters
     ----------
     detector
         A :class:`Detector` or :class:`KeyedDetector`.
     threshold
-        Scores at or above it produce a :class:`Finding`.
+        Scores at or above it produce a :class:`Finding`; with a ``budget``, the
+        floor below which no score alerts.
     severity
         Severity of the findings.
     critical_threshold
@@ -148,15 +165,25 @@ class ThresholdAlerter(_Parametrised):
     learn_flagged
         Whether the model learns from events it has just flagged. Off by
         default so that an attack does not teach the model it is normal.
+    budget
+        Largest fraction of scored events that may alert; ``None`` for a fixed
+        threshold.
+    segment_by
+        With a budget: features whose values split the score distribution.
+    min_scored
+        With a budget: scored events a segment counts before it alerts.
     """
 
     def __init__(
         self,
         detector: Detector | KeyedDetector[Any],
-        threshold: float,
+        threshold: float = 0.0,
         severity: str = "high",
         critical_threshold: float | None = None,
         learn_flagged: bool = False,
+        budget: float | None = None,
+        segment_by: tuple[str, ...] = DEFAULT_SEGMENT_BY,
+        min_scored: int = DEFAULT_MIN_SCORED,
     ) -> None:
         if severity not in SEVERITIES:
             message = f"severity must be one of {SEVERITIES}, not {severity!r}"
@@ -166,6 +193,13 @@ class ThresholdAlerter(_Parametrised):
         self.severity = severity
         self.critical_threshold = critical_threshold
         self.learn_flagged = learn_flagged
+        self.budget = budget
+        self.segment_by = tuple(segment_by)
+        self.min_scored = min_scored
+        self._budget = (
+            None if budget is None
+            else ScoreBudget(budget, self.segment_by, min_scored, max_score=detector.max_score)
+        )
         #: score of the last event seen by :meth:`process_one`, for score histograms
         self.last_score = 0.0
 
@@ -191,7 +225,7 @@ class ThresholdAlerter(_Parametrised):
                 state = per_account.new_state()
             score = per_account.score_one(x, state)
             self.last_score = score
-            if score < self.threshold:
+            if not self._alerts(x, score):
                 return None, per_account.learn_one(x, state)
             finding = self._finding(score, per_account.explain_one(x, state, score))
             anchor = getattr(per_account, "anchor_one", None)
@@ -204,7 +238,7 @@ class ThresholdAlerter(_Parametrised):
         whole_stream = cast("Detector", detector)
         score = whole_stream.score_one(x)
         self.last_score = score
-        if score < self.threshold:
+        if not self._alerts(x, score):
             whole_stream.learn_one(x)
             return None, state
         finding = self._finding(score, whole_stream.explain_one(x, score))
@@ -212,8 +246,72 @@ class ThresholdAlerter(_Parametrised):
             whole_stream.learn_one(x)
         return finding, state
 
+    def learn_only(self, x: Features, state: Any = None) -> Any:
+        """Update an account's state with ``x`` without scoring it or counting it in the budget.
+
+        For an event whose effect on the global state (the model, the budget)
+        is already there, as after a crash that wrote that state and not the
+        account's. A whole-stream detector learns nothing; returns the state.
+        """
+        detector = self.detector
+        if isinstance(detector, KeyedDetector):
+            return detector.learn_one(x, detector.new_state() if state is None else state)
+        return state
+
+    def _alerts(self, x: Features, score: float) -> bool:
+        budget = self._budget
+        if budget is None:
+            return score >= self.threshold
+        return budget.admit(x, score, self.threshold)
+
     def _finding(self, score: float, reasons: list[str]) -> Finding:
         severity = self.severity
         if self.critical_threshold is not None and score >= self.critical_threshold:
             severity = "critical"
+        if self._budget is not None:
+            reasons = [*reasons, self._budget.explain(score)]
         return Finding(self.name, float(score), severity, tuple(reasons))
+
+    @property
+    def has_global_state(self) -> bool:
+        """Whether the alerter holds state beyond the accounts' (a model, a budget).
+
+        A whole-stream detector has a model when it overrides :meth:`Detector.snapshot`.
+        """
+        if self._budget is not None:
+            return True
+        return isinstance(self.detector, Detector) and (
+            type(self.detector).snapshot is not Detector.snapshot)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The global state, JSON-able: the detector's model and the budget's histograms.
+
+        Each part is written with the parameters it was learnt under, so that
+        :meth:`restore` takes only what still applies.
+        """
+        detector = self.detector
+        model = isinstance(detector, Detector)
+        return {
+            "detector_params": repr(detector) if model else None,
+            "detector": cast("Detector", detector).snapshot() if model else None,
+            "budget_params": self._budget_params(),
+            "budget": self._budget.snapshot() if self._budget is not None else None,
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Put back what :meth:`snapshot` returned, each part whose parameters are unchanged.
+
+        A part learnt under other parameters (a changed configuration) is left
+        fresh. Raises ``ValueError`` for a snapshot that does not decode.
+        """
+        detector = self.detector
+        if isinstance(detector, Detector) and snapshot.get("detector_params") == repr(detector):
+            detector.restore(snapshot["detector"])
+        budget = self._budget
+        if budget is not None and snapshot.get("budget_params") == self._budget_params():
+            budget.restore(snapshot["budget"])
+
+    def _budget_params(self) -> list[Any] | None:
+        if self.budget is None:
+            return None
+        return [self.budget, list(self.segment_by), self.min_scored]

@@ -8,7 +8,14 @@ named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
       "detectors": {
         "<detector name>": {
           "params": {...},              # constructor arguments; defaults when left out
-          "threshold": 4.0,             # required: scores at or above it alert
+          "threshold": 4.0,             # scores at or above it alert; required without
+                                        # a budget, the floor with one (default 0)
+          "budget": 0.001,              # optional: at most this fraction of scored
+                                        # events alerts (detectors/budget.py)
+          "segment_by": ["event_type", "currency"],  # optional, with a budget: the
+                                        # features that split the score distribution
+          "min_scored": 500,            # optional, with a budget: scored events a
+                                        # segment counts before it alerts
           "severity": "medium",         # low | medium | high | critical (default high)
           "critical_threshold": 8.0,    # optional: scores at or above it are critical
           "learn_flagged": false        # optional: learn from flagged events (default no;
@@ -16,6 +23,12 @@ named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
         }
       }
     }
+
+With a ``budget``, an event alerts when its score is at or above the
+threshold and among the top ``budget`` of the recent positive scores of its
+segment, and only while the segment's alerts stay within ``budget`` of the
+events it scored: alerts per scored event stay within the budget whatever the
+scale of the traffic. Without one, the fixed threshold alone decides.
 
 ``version`` is stamped on every alert (``config_version``) so an alert can be
 traced to the thresholds that raised it; change it whenever anything else here
@@ -48,6 +61,7 @@ from detectors.amount_outlier import AmountOutlier
 from detectors.base import SEVERITIES, Detector, KeyedDetector, ThresholdAlerter
 from detectors.blacklist import Blacklist
 from detectors.borrow_and_vanish import BorrowAndVanish
+from detectors.budget import DEFAULT_MIN_SCORED, DEFAULT_SEGMENT_BY
 from detectors.burst import SpendingBurst
 from detectors.crowdfunding import PayoutAfterSuspiciousPledges, PledgeChurn, SuspiciousPledging
 from detectors.fan_out import FanOut
@@ -119,13 +133,17 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             # Twenty payments before judging: with five, the spread is a guess and
             # the simulator's ordinary accounts raised thirty times more alerts.
             "params": {"half_life": 30, "min_history": 20, "sd_floor": 0.5, "outflows_only": True},
+            # At most 0.1% of the outflows scored above their account's usual, and never
+            # below 3.5 standard deviations.
+            "budget": 0.001,
             "threshold": 3.5,
             "critical_threshold": 8.0,
             "severity": "medium",
         },
         "global_anomaly": {
             "params": {"n_trees": 10, "height": 8, "window_size": 250, "seed": 42, "warmup": 1000},
-            "threshold": 0.9,
+            # The scale of Half-Space Trees' scores depends on the traffic: a budget, no floor.
+            "budget": 0.002,
             "severity": "low",
         },
         "structuring": {
@@ -218,17 +236,12 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "severity": "high",
         },
         "blacklist": {
-            # HMAC-SHA256 under the *development* PII key of the simulator's synthetic
-            # listed people (streams.simulate.dishonest_persons): they match only in local
-            # runs with the default key. A deployment lists its own hashes, computed with
-            # its key by streams.codec.hash_pii, in its TXWATCH_DETECTOR_CONFIG file.
+            # Empty: a deployment lists its own hashes, computed with its TXWATCH_PII_KEY
+            # by streams.codec.hash_pii, in its TXWATCH_DETECTOR_CONFIG file. The demo's
+            # list (the simulator's people under the development key) is
+            # streams/config/demo.json.
             "params": {
-                "hashes": [
-                    "8d512f7e2f49868bd2592bce4fddfe66", "5f22917498e118a7537e30c652747c59",
-                    "56f60d118a474595ee438b635ac272d8", "ef22e03d28aecfb35b1664eade58fd02",
-                    "0ebfbd3cd2677a1be8f98a5aeac6f9bc", "b295d57f3e0e6d630da1824966a2755c",
-                    "4e9ff63821fb54afbb1181eb762e1b2c", "369b67f39b5ee7b4379f846b3df62189",
-                ],
+                "hashes": [],
                 "fields": ["national_id_hash", "phone_hash", "device_id_hash"],
             },
             "threshold": 1.0,
@@ -280,7 +293,9 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
 }
 
 _TOP_LEVEL_KEYS: Final = ("version", "detectors")
-_SPEC_KEYS: Final = ("params", "threshold", "severity", "critical_threshold", "learn_flagged")
+_SPEC_KEYS: Final = ("params", "threshold", "severity", "critical_threshold", "learn_flagged",
+                     "budget", "segment_by", "min_scored")
+_BUDGET_KEYS: Final = ("segment_by", "min_scored")
 
 
 def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
@@ -304,7 +319,7 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
     ...     print(a.name, a.threshold, a.severity, a.learn_flagged)
     velocity 1.0 high True
     amount_outlier 3.5 medium False
-    global_anomaly 0.9 low False
+    global_anomaly 0.0 low False
     structuring 1.0 high True
     rapid_pass_through 0.8 high True
     fan_out 1.0 medium True
@@ -355,10 +370,20 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
         raise ValueError(message)
     _reject_unknown_keys(spec, _SPEC_KEYS, where)
 
-    if "threshold" not in spec:
-        message = f"{where}.threshold is required"
+    budget, segment_by, min_scored = _budget(spec, where)
+    stage = getattr(cls, "stage", None)
+    if budget is not None and stage:
+        # a derived stage keeps no state of its detectors across restarts
+        message = (f"{where}.budget: {name} runs in the {stage} stage, whose detectors"
+                   " take a fixed threshold")
         raise ValueError(message)
-    threshold = _number(spec["threshold"], f"{where}.threshold")
+    if "threshold" in spec:
+        threshold = _number(spec["threshold"], f"{where}.threshold")
+    elif budget is not None:
+        threshold = 0.0
+    else:
+        message = f"{where}.threshold is required unless a budget is given"
+        raise ValueError(message)
     critical = spec.get("critical_threshold")
     if critical is not None:
         critical = _number(critical, f"{where}.critical_threshold")
@@ -391,7 +416,42 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
         severity=severity,
         critical_threshold=critical,
         learn_flagged=learn_flagged,
+        budget=budget,
+        segment_by=segment_by,
+        min_scored=min_scored,
     )
+
+
+def _budget(spec: Mapping[str, Any], where: str) -> tuple[float | None, tuple[str, ...], int]:
+    """``budget``, ``segment_by`` and ``min_scored`` of a detector's settings, checked."""
+    segment_by = DEFAULT_SEGMENT_BY
+    min_scored = DEFAULT_MIN_SCORED
+    if "budget" not in spec:
+        for key in _BUDGET_KEYS:
+            if key in spec:
+                message = f"{where}.{key} applies only with a budget; set {where}.budget"
+                raise ValueError(message)
+        return None, segment_by, min_scored
+    budget = spec["budget"]
+    if (isinstance(budget, bool) or not isinstance(budget, int | float)
+            or not math.isfinite(budget) or not 0 < budget < 1):
+        message = (
+            f"{where}.budget must be a fraction of scored events between 0 and 1"
+            f" (0.002 is 0.2%), not {budget!r}"
+        )
+        raise ValueError(message)
+    if "segment_by" in spec:
+        names = spec["segment_by"]
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            message = f"{where}.segment_by must be a list of feature names, not {names!r}"
+            raise ValueError(message)
+        segment_by = tuple(names)
+    if "min_scored" in spec:
+        min_scored = spec["min_scored"]
+        if isinstance(min_scored, bool) or not isinstance(min_scored, int) or min_scored < 1:
+            message = f"{where}.min_scored must be an int >= 1, not {min_scored!r}"
+            raise ValueError(message)
+    return float(budget), segment_by, min_scored
 
 
 def _build_detector(

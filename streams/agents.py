@@ -5,8 +5,10 @@ Per batch (``stream.take_events``), in this order:
 1. every message goes through :meth:`Monitor.process` (decode, count, detect);
 2. alerts, dead letters and records for the derived stages are handed to
    the producer, then each account touched by the batch is written to the
-   table's changelog once, serialised now; the batch **waits for the delivery
-   of every one** (:class:`Outbox`);
+   table's changelog once, serialised now, and so is each input partition's
+   model record (global models, alert budgets), delivered after the alerts and
+   before the accounts; the batch **waits for the delivery of every one**
+   (:class:`Outbox`);
 3. Faust acks the batch and later commits its offsets.
 
 So a crash at any point either replays the batch with its old state (the
@@ -78,10 +80,14 @@ class MonitorAgent:
         self._assigned_at: float | None = time.monotonic()
         self.batches = 0
         self.topics = OutputTopics(runtime, runtime.table)
+        model_table = runtime.model_table
+        self.models_changelog: str | None = (
+            model_table.changelog_topic.get_topic_name() if model_table is not None else None)
 
     async def process_batch(self, events: Sequence[Any]) -> None:
         rt = self.runtime
         store = rt.table.data
+        model_store = rt.model_table.data if rt.model_table is not None else None
         monitor = rt.monitor
         now = datetime.now(UTC)
         dirty: dict[bytes, int] = {}
@@ -96,7 +102,7 @@ class MonitorAgent:
                 oldest_ts = ts
             outcome = monitor.process(
                 message.value, store, topic=message.topic, partition=message.partition,
-                offset=message.offset, source_timestamp=ts, now=now,
+                offset=message.offset, source_timestamp=ts, now=now, models=model_store,
             )
             done[message.tp] = message.offset
             if outcome.dead_letter is not None:
@@ -111,6 +117,18 @@ class MonitorAgent:
                 out.add(topics.alerts, key, alert.dumps())
             for forward in outcome.forwards:
                 topics.forward(out, forward)
+        models = monitor.model_snapshots(model_store)
+        if models and self.models_changelog is not None:
+            # Three steps, each delivered before the next: the alerts, then the
+            # partitions' models, then the accounts. A crash in between leaves the
+            # models behind the alerts they raised and ahead of the accounts, which
+            # the replay mends (Monitor.process skips what the models learnt); models
+            # behind the accounts would miss events for good (the replay guard skips
+            # them), and records sent together may land in any order.
+            await out.deliver(rt.app.producer)
+            for model_key, model_partition, record in models:
+                out.add(self.models_changelog, model_key, record, model_partition)
+            await out.deliver(rt.app.producer)
         for key, partition in dirty.items():
             if (state := store.get(key)) is not None:
                 out.add(topics.changelog, key, state.dumps(), partition)

@@ -9,7 +9,9 @@ Where things are:
 
 The account table uses Faust's in-memory store backed by a compacted
 changelog topic: a restarted worker rebuilds its partitions' state from the
-changelog before it processes anything (see the README, "Guarantees").
+changelog before it processes anything (see the README, "Guarantees"). The
+model table does the same for each input partition's global models and alert
+budgets (:class:`streams.pipeline.PartitionModels`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from detectors.registry import DEFAULT_CONFIG
 from streams.codec import Decoder
 from streams.metrics import PrometheusSensor
 from streams.pipeline import Monitor
-from streams.rules import build_rules
+from streams.rules import build_rules, detector_config
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
 from streams.stages import (
@@ -44,6 +46,8 @@ from streams.state import AccountState
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "accounts"
+#: Table of each input partition's models (key ``topic:partition``, value a JSON record).
+MODEL_TABLE_NAME = "models"
 
 
 class AccountStateCodec(codecs.Codec):
@@ -71,6 +75,17 @@ class StoredAccountState:
 
     class _options:
         serializer = "txwatch_state"
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
+
+
+class StoredModels:
+    """The model table's value type: the record's bytes as they are (the ``raw`` codec)."""
+
+    class _options:
+        serializer = "raw"
 
     @classmethod
     def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
@@ -118,10 +133,10 @@ def build_monitor(settings: Settings, sensor: Sensor | None = None,
     stage keeps its sketches (the worker's flow table), read for the origins
     an outgoing transfer carries.
     """
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     rules = build_rules(config, STAGES)
     decoder = Decoder(
-        pii_key=settings.pii_key.get().encode(),
+        pii_key=settings.hashing_key(),
         max_message_bytes=settings.max_message_bytes,
         clear_dead_letter_payload=settings.dead_letter_clear_payload,
     )
@@ -131,7 +146,7 @@ def build_monitor(settings: Settings, sensor: Sensor | None = None,
 
 def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[str, DerivedStage]:
     """The derived stages with at least one configured detector."""
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     rules = build_rules(config, STAGES)
     return build_stages(rules.stages, rules.version, sensor)
 
@@ -153,6 +168,7 @@ class Runtime:
     stages: dict[str, DerivedStage] = field(default_factory=dict)
     stage_topics: dict[str, Any] = field(default_factory=dict)
     stage_tables: dict[str, Any] = field(default_factory=dict)
+    model_table: Any = None
 
 
 def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
@@ -199,6 +215,8 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     )
     table = app.Table(TABLE_NAME, default=None, partitions=settings.partitions,
                       key_type=bytes, value_type=StoredAccountState)
+    model_table = app.Table(MODEL_TABLE_NAME, default=None, partitions=settings.partitions,
+                            key_type=bytes, value_type=StoredModels)
     stage_topics: dict[str, Any] = {}
     stage_tables: dict[str, Any] = {}
     for name in stages:
@@ -213,7 +231,7 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     monitor = build_monitor(settings, sensors, stages, flow_states)
     runtime = Runtime(settings, app, input_topic, alert_topic, dead_letter_topic, table,
                       monitor, sensors, metrics, stages=stages, stage_topics=stage_topics,
-                      stage_tables=stage_tables)
+                      stage_tables=stage_tables, model_table=model_table)
     runtime.agent = attach_agent(runtime)
     attach_portfolio(runtime)
     attach_rules(runtime)

@@ -5,8 +5,8 @@ cache directory, and :class:`LocalKafka` runs one KRaft node, broker and
 controller in the same JVM, on free ports of ``127.0.0.1``. The integration
 tests, ``txwatch demo`` and ``txwatch broker`` all use it.
 
-This module never imports ``faust``: it only needs ``aiokafka`` to ask the
-broker whether it answers and to create topics.
+This module never imports ``faust``; its Kafka clients come from
+:mod:`streams.clients`, which the worker uses to create its topics.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,15 +38,10 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Final
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.conn import create_conn
-from aiokafka.errors import (
-    KafkaError,
-    SaslAuthenticationFailed,
-    TopicAlreadyExistsError,
-    UnsupportedSaslMechanismError,
-    for_code,
-)
+from aiokafka.errors import KafkaError
+
+from streams import clients
+from streams.settings import Settings
 
 #: Must match ``kafka.version`` in ``deploy/kafka/pom.xml``; names the jar cache.
 KAFKA_VERSION: Final = "4.1.1"
@@ -71,10 +65,6 @@ class BrokerError(RuntimeError):
 
 class BrokerSetupError(BrokerError):
     """Java or Maven is missing, or the Kafka jars cannot be resolved."""
-
-
-class BrokerAccessError(BrokerError):
-    """A client cannot use the broker: unreachable, TLS refused, or credentials refused."""
 
 
 class BrokerStartError(BrokerError):
@@ -313,11 +303,8 @@ def _run_coroutine_in_thread(factory: Callable[[], Coroutine[Any, Any, bool]]) -
 
 async def _broker_answers(bootstrap: str, timeout: float) -> bool:
     """True when the broker answers a metadata request and lists itself and a controller."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="txwatch-broker-probe",
-        request_timeout_ms=max(int(timeout * 1000), 1000),
-    )
+    admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-broker-probe",
+                          request_timeout_ms=max(int(timeout * 1000), 1000))
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -840,141 +827,21 @@ async def create_topics(
     timeout: float = 30.0,
     client: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create topics and wait until every partition has a leader.
-
-    Idempotent: a topic that already exists is left as it is (its partition
-    count is not changed).
+    """:func:`streams.clients.create_topics` for test tooling that holds a bootstrap address.
 
     Parameters
     ----------
     bootstrap
         ``host:port[,host:port]`` of the cluster.
-    names
-        Topic names.
-    partitions
-        Partitions of each new topic.
-    replication_factor
-        Replicas of each new topic (1 on the local broker).
-    timeout
-        Seconds for the whole operation.
+    names, partitions, replication_factor, timeout
+        As :func:`streams.clients.create_topics`.
     client
-        Security settings for the admin client, as aiokafka keywords
-        (``security_protocol``, ``ssl_context``, ``sasl_mechanism``,
-        ``sasl_plain_username``, ``sasl_plain_password``); PLAINTEXT when ``None``.
-
-    Raises
-    ------
-    BrokerError
-        The broker refuses a topic, or the partitions have no leader in time.
+        Security settings as aiokafka keywords (``security_protocol``,
+        ``ssl_context``, ``sasl_*``); PLAINTEXT when ``None``.
     """
-    topics = list(dict.fromkeys(names))
-    if not topics:
-        return
-    deadline = time.monotonic() + timeout
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="txwatch-create-topics",
-        request_timeout_ms=int(timeout * 1000),
-        **dict(client or {}),
-    )
-    try:
-        await admin.start()
-        response = await admin.create_topics(
-            [NewTopic(name, partitions, replication_factor) for name in topics],
-            timeout_ms=int(timeout * 1000),
-        )
-        refused = []
-        for topic, code, *rest in response.topic_errors:
-            if code not in (0, TopicAlreadyExistsError.errno):
-                detail = rest[0] if rest and rest[0] else for_code(code).__name__
-                refused.append(f"{topic}: {detail}")
-        if refused:
-            message = f"the broker at {bootstrap} refused to create " + "; ".join(refused)
-            raise BrokerError(message)
-        while True:
-            described = await admin.describe_topics(topics)
-            if all(_has_leaders(entry) for entry in described):
-                return
-            if time.monotonic() >= deadline:
-                message = f"topics {topics} have partitions without a leader after {timeout} s"
-                raise BrokerError(message)
-            # Metadata propagates asynchronously; the admin client has no wait call.
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
-
-
-async def check_access(
-    bootstrap: str, client: Mapping[str, Any] | None = None, *, timeout: float = 10.0
-) -> None:
-    """Connect to the bootstrap servers once, as the real clients will, or say precisely why not.
-
-    aiokafka's clients log a refused login and then report only that they
-    could not bootstrap, and Faust retries that for ever; a worker calls this
-    first so that wrong credentials or an untrusted certificate stop it at
-    once with a message naming the cause.
-
-    Parameters
-    ----------
-    bootstrap
-        ``host:port[,host:port]``.
-    client
-        Security settings as aiokafka keywords (see :func:`create_topics`).
-    timeout
-        Seconds allowed for each server's connection, TLS handshake and login.
-
-    Raises
-    ------
-    BrokerAccessError
-        The credentials or the SASL mechanism are refused, the server's
-        certificate is not trusted, or no server answers; the message says
-        which and never contains the password.
-    """
-    options = dict(client or {})
-    protocol = str(options.get("security_protocol", "PLAINTEXT"))
-    user = options.get("sasl_plain_username")
-    mechanism = options.get("sasl_mechanism")
-    unreachable = []
-    for server in (part.strip() for part in bootstrap.split(",") if part.strip()):
-        host, _, port = server.rpartition(":")
-        try:
-            conn = await asyncio.wait_for(
-                create_conn(host, int(port), client_id="txwatch-access-check",
-                            request_timeout_ms=int(timeout * 1000), **options),
-                timeout,
-            )
-        except SaslAuthenticationFailed as exc:
-            message = (f"Kafka at {server} refused the credentials of user {user!r} "
-                       f"({mechanism} over {protocol}): {exc}")
-            raise BrokerAccessError(message) from None
-        except UnsupportedSaslMechanismError as exc:
-            message = f"Kafka at {server} does not offer SASL mechanism {mechanism}: {exc}"
-            raise BrokerAccessError(message) from None
-        except ssl.SSLCertVerificationError as exc:
-            message = (f"the TLS certificate of Kafka at {server} is not trusted: "
-                       f"{exc.verify_message}")
-            raise BrokerAccessError(message) from None
-        except ssl.SSLError as exc:
-            message = (f"TLS handshake with Kafka at {server} failed ({exc.reason}); "
-                       f"is {server} a {protocol} listener?")
-            raise BrokerAccessError(message) from None
-        except (OSError, TimeoutError, KafkaError) as exc:
-            reason = "no answer" if isinstance(exc, TimeoutError) else str(exc) or repr(exc)
-            if protocol.startswith("SASL") and isinstance(exc, TimeoutError):
-                reason += f" (a login as {user!r} with {mechanism} did not complete)"
-            unreachable.append(f"{server}: {reason}")
-            continue
-        conn.close()
-        return
-    message = f"cannot reach Kafka over {protocol}: " + "; ".join(unreachable or [bootstrap])
-    raise BrokerAccessError(message)
-
-
-def _has_leaders(topic: Mapping[str, object]) -> bool:
-    partitions = topic.get("partitions")
-    if topic.get("error_code") != 0 or not isinstance(partitions, list) or not partitions:
-        return False
-    return all(partition.get("leader", -1) >= 0 for partition in partitions)
+    await clients.create_topics(Settings(broker=bootstrap), names, partitions,
+                                replication_factor=replication_factor, timeout=timeout,
+                                **dict(client or {}))
 
 
 def run_broker_cli(data_dir: Path | None, port: int | None) -> int:

@@ -14,6 +14,7 @@ rules       publish or show the detector configuration all workers follow
 feedback    record an analyst's disposition of an alert
 evaluate    simulated scenarios through a real worker: precision, recall, delay
 backtest    the same table offline on a JSON Lines history
+import-csv  convert a labelled transaction CSV to events and a labels file
 """
 
 from __future__ import annotations
@@ -51,28 +52,34 @@ def run_worker(settings: Settings) -> int:
     from prometheus_client import start_http_server
 
     from streams import __version__
-    from streams.app import create_app, load_detector_config
-    from streams.broker import BrokerError, check_access, create_topics
+    from streams.app import create_app
+    from streams.clients import KafkaSetupError, check_access, create_topics
     from streams.metrics import PrometheusSensor
+    from streams.rules import build_rules, detector_config
     from streams.stages import STAGES, stage_topic
 
-    logging.basicConfig(level=settings.log_level,
+    try:  # a configuration that does not build stops the worker before it touches Kafka
+        build_rules(detector_config(settings), STAGES)
+    except ValueError as exc:
+        source = settings.detector_config or "the packaged detector configuration"
+        print(f"txwatch worker: {source}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    client = settings.kafka_client()
     try:
         # Wrong credentials or an untrusted certificate stop the worker here, with
         # the cause; Faust's own clients would log it and retry for ever.
-        asyncio.run(check_access(settings.broker, client))
+        asyncio.run(check_access(settings))
         # Faust subscribes before it would create a missing input topic, and would only
         # see it after a metadata refresh: create every topic we read or write first.
         # The derived stages' topics too: one Faust creates a few ms before it subscribes
         # can be missing from the group leader's metadata ("Ignoring missing topic"), and
         # that stage then reads nothing until the next rebalance, minutes later.
-        asyncio.run(create_topics(settings.broker, [
+        asyncio.run(create_topics(settings, [
             *settings.input_topics, settings.alert_topic, settings.dead_letter_topic,
             *(stage_topic(settings.app_id, name) for name in STAGES),
-        ], settings.partitions, client=client))
-    except BrokerError as exc:
+        ]))
+    except KafkaSetupError as exc:
         print(f"txwatch worker: {exc}", file=sys.stderr, flush=True)
         return 2
     with contextlib.suppress(ImportError):
@@ -81,7 +88,7 @@ def run_worker(settings: Settings) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     from detectors.registry import build_alerters
 
-    config = load_detector_config(settings.detector_config)
+    config = detector_config(settings)
     alert_labels = set()
     for alerter in build_alerters(config):
         alert_labels.add((alerter.name, alerter.severity))
@@ -93,10 +100,11 @@ def run_worker(settings: Settings) -> int:
     port = server.server_address[1]
     print(f"txwatch worker: metrics on http://{settings.metrics_host}:{port}/metrics",
           flush=True)
-    if settings.pii_key == Settings().pii_key:
+    if settings.dev_mode:
         logging.getLogger("txwatch").warning(
-            "TXWATCH_PII_KEY is not set: personal identifiers are hashed with the "
-            "development key. Set a secret key in production.")
+            "development mode (TXWATCH_DEV_MODE): %s; never run it in production",
+            "a secret TXWATCH_PII_KEY is set" if settings.pii_key.get() else
+            "personal identifiers are hashed with the public development key")
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     runtime = create_app(settings, metrics)
     from streams.rules import preload_rules
@@ -110,12 +118,25 @@ def run_worker(settings: Settings) -> int:
 
 # -- simulate / replay ----------------------------------------------------------------
 def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.simulate import simulate
+    from streams.simulate import simulate, simulated_traffic, write_jsonl
 
+    if args.out is not None:
+        if args.events is None:
+            print("txwatch simulate: --out needs --events", file=sys.stderr)
+            return 2
+        try:
+            traffic = simulated_traffic(args.variant, args.seed, accounts=args.accounts,
+                                        scenarios=args.scenario or None, events=args.events)
+        except ValueError as exc:
+            print(f"txwatch simulate: {exc}", file=sys.stderr)
+            return 2
+        count = write_jsonl(traffic, args.out, labels_path=args.labels)
+        print(f"wrote {count:,} events to {args.out}")
+        return 0
     report = asyncio.run(simulate(
         settings, rate=args.rate, duration=args.duration, events=args.events,
         seed=args.seed, scenarios=args.scenario or None, labels_path=args.labels,
-        progress=_progress, accounts=args.accounts,
+        progress=_progress, accounts=args.accounts, variant=args.variant,
     ))
     print(report)
     return 1 if report.failed else 0
@@ -146,12 +167,11 @@ def format_alert(alert: dict[str, Any], colour: bool) -> str:
 
 async def tail_alerts(settings: Settings, from_beginning: bool, as_json: bool,
                       limit: int | None = None, stop: asyncio.Event | None = None) -> int:
-    from aiokafka import AIOKafkaConsumer
+    from streams import clients
 
-    consumer = AIOKafkaConsumer(
-        settings.alert_topic, bootstrap_servers=settings.broker,
+    consumer = clients.consumer(
+        settings, settings.alert_topic, client_id=f"{settings.app_id}-tail",
         auto_offset_reset="earliest" if from_beginning else "latest",
-        enable_auto_commit=False, group_id=None, **settings.kafka_client(),
     )
     await consumer.start()
     seen = 0
@@ -218,7 +238,9 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(create_topics(bootstrap, [
             settings.payments_topic, settings.lending_topic, settings.alert_topic,
             settings.dead_letter_topic], settings.partitions))
-        env = {**os.environ, "TXWATCH_BROKER": bootstrap,
+        # the demo hashes with the public development key and lists the simulator's
+        # people on the blacklist (TXWATCH_DEV_MODE; README, "Configuration")
+        env = {**os.environ, "TXWATCH_DEV_MODE": "1", "TXWATCH_BROKER": bootstrap,
                "TXWATCH_METRICS_PORT": str(settings.metrics_port),
                "TXWATCH_DATA_DIR": str(data_dir)}
         worker = _spawn([sys.executable, "-m", "streams.cli", "worker"], env,
@@ -265,8 +287,11 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # -- settings -------------------------------------------------------------------------
 def run_settings(settings: Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(Settings.markdown_table())
+        return 0
     for name, default, help_text in Settings.documentation():
-        print(f"{name:32} {default:28} {help_text}")
+        print(f"{name:36} {default:24} {help_text}")
     return 0
 
 
@@ -281,17 +306,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
 
-    sim = sub.add_parser("simulate", help="publish labelled simulated traffic")
+    from streams.populations import VARIANTS, describe_variants
+
+    sim = sub.add_parser("simulate", help="publish labelled simulated traffic",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="population variants (--variant):\n" + describe_variants())
     sim.add_argument("--rate", type=float, default=None,
                      help="events per second (default: as fast as possible)")
     sim.add_argument("--duration", type=float, default=None, help="seconds to run")
     sim.add_argument("--events", type=int, default=None, help="number of events to send")
     sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--accounts", type=int, default=5000)
+    sim.add_argument("--accounts", type=int, default=None,
+                     help="population size (default 5000, or the variant's own)")
     sim.add_argument("--scenario", action="append",
                      help="inject only these scenarios (repeatable; default all)")
     sim.add_argument("--labels", type=Path, default=None,
                      help="write the injected scenarios' labels to this JSON Lines file")
+    sim.add_argument("--variant", choices=sorted(VARIANTS), default=None, metavar="NAME",
+                     help="a population that differs from the default one (listed below)")
+    sim.add_argument("--out", type=Path, default=None,
+                     help="write the events to this JSON Lines file instead of publishing "
+                          "(needs --events)")
 
     replay = sub.add_parser("replay", help="publish events from a JSON Lines file")
     replay.add_argument("file", type=Path)
@@ -307,14 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--data-dir", type=Path, default=None)
     broker.add_argument("--port", type=int, default=None)
 
-    sub.add_parser("settings", help="list TXWATCH_* variables")
+    settings = sub.add_parser("settings", help="list TXWATCH_* variables")
+    settings.add_argument("--markdown", action="store_true",
+                          help="print the README's table (Configuration) instead")
 
-    from streams import evaluation, feedback, portfolio, rules
+    from streams import calibrate, evaluation, feedback, importer, portfolio, rules
 
-    for module in (portfolio, rules, feedback, evaluation):
+    for module in (portfolio, rules, feedback, evaluation, importer, calibrate):
         module.register_cli(sub)
     return parser
 
+
+#: Commands that hash personal identifiers: they need TXWATCH_PII_KEY or development mode.
+HASHING_COMMANDS = frozenset({"worker", "backtest", "evaluate"})
 
 COMMANDS = {
     "demo": run_demo, "simulate": run_simulate, "replay": run_replay, "tail": run_tail,
@@ -323,12 +363,28 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (txwatch settings | head): end quietly, and keep the
+        # interpreter's final flush of stdout from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"txwatch: bad setting: {exc}", file=sys.stderr)
         return 2
+    if args.command in HASHING_COMMANDS:
+        try:
+            settings.hashing_key()
+        except SettingsError as exc:
+            print(f"txwatch {args.command}: {exc}", file=sys.stderr)
+            return 2
     if args.command == "worker":
         return run_worker(settings)
     func = getattr(args, "func", None) or COMMANDS[args.command]

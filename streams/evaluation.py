@@ -31,6 +31,11 @@ simulator's ``label``; see :data:`streams.simulate.SCENARIOS`).
   front of the worker, so this includes the backlog; pass ``--rate`` for a
   steady-state figure.
 
+With a labels CSV (``event_id,label,pattern,group``, as ``txwatch import-csv
+--labels-out`` writes) the scoring is :func:`score_labelled`'s instead: any
+detector counts for any pattern, recall is per group and per event, and
+precision and alerts per 1,000 events are per detector and overall.
+
 ``txwatch backtest FILE`` runs a JSON Lines history through the detector code
 the worker runs (:class:`streams.pipeline.Monitor`, with a plain ``dict`` of
 account states), offline, in file order and at full speed; labels come from
@@ -75,7 +80,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import orjson
 
@@ -83,6 +88,7 @@ from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
 
 if TYPE_CHECKING:
+    from streams.rules import RuleSet
     from streams.settings import Settings
     from streams.simulate import Producer
 
@@ -148,6 +154,9 @@ class ScoredAlert:
     occurred_at: datetime
     #: seconds from the triggering event's publication to the alert (``evaluate`` only)
     latency_seconds: float | None = None
+    #: 0-based index in the history of the input event being processed when the alert
+    #: was raised (``backtest`` only)
+    position: int | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any],
@@ -171,12 +180,65 @@ class ScoredAlert:
 
 def expected_detector(label: str) -> str:
     """The detector that should catch events labelled ``label`` (see the module docstring)."""
-    from streams.simulate import SCENARIOS
+    from streams.simulate import scenario_named
 
-    scenario = SCENARIOS.get(label)
+    scenario = scenario_named(label)
     if scenario is not None:
         return scenario.expected_detector
     return label if label in DETECTORS or label in STAGE_DETECTORS else ANY_DETECTOR
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLabel:
+    """One labelled event of a labels CSV (``event_id,label,pattern,group``)."""
+
+    event_id: str
+    pattern: str
+    group: str
+
+
+#: Columns a labels CSV must have (``txwatch import-csv --labels-out`` writes them).
+LABEL_CSV_COLUMNS: Final = ("event_id", "label", "pattern", "group")
+
+
+def is_label_csv(path: Path) -> bool:
+    """Whether ``path`` is a labels CSV rather than a JSON Lines labels file."""
+    with path.open("rb") as source:
+        for line in source:
+            if line.strip():
+                return not line.lstrip().startswith(b"{")
+    return False
+
+
+def load_label_csv(path: Path) -> list[GroupLabel]:
+    """The rows of a labels CSV whose ``label`` is ``1`` (or ``true``).
+
+    An empty ``pattern`` is ``labelled``; an empty ``group`` is
+    ``<pattern>:<event_id>`` (the event is a group of its own).
+
+    Raises
+    ------
+    ValueError
+        When a column is missing, with the columns found.
+    """
+    import csv
+
+    labels = []
+    with path.open(newline="", encoding="utf-8-sig") as source:
+        reader = csv.DictReader(source)
+        missing = [c for c in LABEL_CSV_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            message = (f"{path}: a labels CSV needs the columns {','.join(LABEL_CSV_COLUMNS)}; "
+                       f"missing {', '.join(missing)}")
+            raise ValueError(message)
+        for row in reader:
+            event_id = (row.get("event_id") or "").strip()
+            if not event_id or (row.get("label") or "").strip() not in ("1", "true", "True"):
+                continue
+            pattern = (row.get("pattern") or "").strip() or "labelled"
+            group = (row.get("group") or "").strip() or f"{pattern}:{event_id}"
+            labels.append(GroupLabel(event_id, pattern, group))
+    return labels
 
 
 # -- scoring --------------------------------------------------------------------------------
@@ -221,6 +283,8 @@ class Evaluation:
     config_version: str | None = None
     elapsed_seconds: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: the alerts scored against a labels CSV (``--labels FILE.csv``), else ``None``
+    labelled: LabelReport | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -344,6 +408,178 @@ def score(labels: Iterable[LabelledEvent], alerts: Iterable[ScoredAlert], *,
                       alerts=len(unique))
 
 
+# -- scoring against a labels CSV ----------------------------------------------------------
+
+#: A group counts as caught early when an alert names it by its this-many-th event.
+EARLY_EVENTS: Final = 3
+
+
+@dataclass(slots=True)
+class PatternRow:
+    """How the alerts cover one labelled pattern of a labels CSV."""
+
+    pattern: str
+    groups: int
+    #: groups with at least one event named by an alert of any detector
+    caught: int
+    group_recall: float | None
+    #: groups named by an alert raised by the time their third event was processed
+    caught_first_3: int
+    first_3_share: float | None
+    labelled_events: int
+    #: labelled events named by an alert
+    named_events: int
+    event_recall: float | None
+    #: groups caught, by a detector naming one of their events
+    caught_by: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LabelledDetectorRow:
+    """One detector's alerts against a labels CSV."""
+
+    detector: str
+    alerts: int
+    alerts_per_1000: float | None
+    #: alerts naming at least one labelled event
+    on_labelled: int
+    precision: float | None
+
+
+@dataclass(slots=True)
+class LabelReport:
+    """Alerts scored against a labels CSV: per pattern, per detector and overall."""
+
+    events: int
+    alerts: int
+    alerts_per_1000: float | None
+    on_labelled: int
+    precision: float | None
+    labelled_events: int
+    #: labelled event ids that are not in the history
+    missing_events: int
+    patterns: list[PatternRow]
+    detectors: list[LabelledDetectorRow]
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _per_1000(alerts: int, events: int) -> float | None:
+    return 1000 * alerts / events if events else None
+
+
+def score_labelled(labels: Iterable[GroupLabel], alerts: Iterable[ScoredAlert], *,
+                   events: int, history: Mapping[str, tuple[int, datetime]],
+                   detectors: Iterable[str] = ()) -> LabelReport:
+    """Pattern recall and detector precision of ``alerts`` against a labels CSV.
+
+    Any detector's alert counts for any pattern: a third party's pattern names
+    are not detector names.
+
+    Parameters
+    ----------
+    labels
+        The labelled events, with their pattern and group.
+    alerts
+        The alerts raised; repeated ``alert_id`` s count once.
+    events
+        Events in the history, for alerts per 1,000 events.
+    history
+        ``(position, occurred_at)`` by event id for the labelled events found in
+        the history: the order that decides a group's first three events. An
+        alert with a ``position`` is early when it is at most the third event's
+        position, else when its ``occurred_at`` is at most the third event's.
+    detectors
+        Detectors to list even when they raised nothing.
+
+    Examples
+    --------
+    >>> from datetime import UTC
+    >>> t = datetime(2024, 3, 4, tzinfo=UTC)
+    >>> labels = [GroupLabel(f"e{n}", "burst", "g1") for n in range(1, 6)]
+    >>> history = {f"e{n}": (n, t) for n in range(1, 6)}
+    >>> alerts = [ScoredAlert("x1", "velocity", ("e5",), t, position=5),
+    ...           ScoredAlert("x2", "velocity", ("e9",), t, position=9)]
+    >>> report = score_labelled(labels, alerts, events=1000, history=history)
+    >>> row = report.patterns[0]
+    >>> row.group_recall, row.first_3_share, row.event_recall, report.precision
+    (1.0, 0.0, 0.2, 0.5)
+    """
+    group_of: dict[str, tuple[str, str]] = {}
+    members: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for label in labels:
+        if label.event_id in group_of:
+            continue
+        key = (label.pattern, label.group)
+        group_of[label.event_id] = key
+        members[key].append(label.event_id)
+    # the group's third event (or its last, when it has fewer) in the history's order
+    early_by: dict[tuple[str, str], tuple[int, datetime]] = {}
+    for key, event_ids in members.items():
+        found = sorted(history[e] for e in event_ids if e in history)
+        if found:
+            early_by[key] = found[min(EARLY_EVENTS, len(found)) - 1]
+
+    unique: dict[str, ScoredAlert] = {}
+    for alert in alerts:
+        unique.setdefault(alert.alert_id, alert)
+    raised: dict[str, int] = defaultdict(int)
+    on_labelled: dict[str, int] = defaultdict(int)
+    named: set[str] = set()
+    caught_by: dict[tuple[str, str], set[str]] = defaultdict(set)
+    early: set[tuple[str, str]] = set()
+    for alert in unique.values():
+        raised[alert.detector] += 1
+        hit = False
+        for event_id in alert.event_ids:
+            member = group_of.get(event_id)
+            if member is None:
+                continue
+            hit = True
+            named.add(event_id)
+            caught_by[member].add(alert.detector)
+            limit = early_by.get(member)
+            if limit is not None and (alert.position <= limit[0] if alert.position is not None
+                                      else alert.occurred_at <= limit[1]):
+                early.add(member)
+        if hit:
+            on_labelled[alert.detector] += 1
+
+    patterns: list[PatternRow] = []
+    for pattern in sorted({key[0] for key in members}):
+        keys = [key for key in members if key[0] == pattern]
+        event_ids = [e for key in keys for e in members[key]]
+        caught = [key for key in keys if key in caught_by]
+        by_detector: dict[str, int] = defaultdict(int)
+        for key in caught:
+            for detector in caught_by[key]:
+                by_detector[detector] += 1
+        first_3 = sum(key in early for key in keys)
+        named_here = sum(e in named for e in event_ids)
+        patterns.append(PatternRow(
+            pattern=pattern, groups=len(keys), caught=len(caught),
+            group_recall=_ratio(len(caught), len(keys)), caught_first_3=first_3,
+            first_3_share=_ratio(first_3, len(keys)), labelled_events=len(event_ids),
+            named_events=named_here, event_recall=_ratio(named_here, len(event_ids)),
+            caught_by=dict(sorted(by_detector.items(), key=lambda item: (-item[1], item[0]))),
+        ))
+    detector_rows = [
+        LabelledDetectorRow(detector=name, alerts=raised[name],
+                            alerts_per_1000=_per_1000(raised[name], events),
+                            on_labelled=on_labelled[name],
+                            precision=_ratio(on_labelled[name], raised[name]))
+        for name in sorted(set(detectors) | set(raised))
+    ]
+    total_on_labelled = sum(on_labelled.values())
+    return LabelReport(
+        events=events, alerts=len(unique), alerts_per_1000=_per_1000(len(unique), events),
+        on_labelled=total_on_labelled, precision=_ratio(total_on_labelled, len(unique)),
+        labelled_events=len(group_of), missing_events=sum(e not in history for e in group_of),
+        patterns=patterns, detectors=detector_rows)
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -385,6 +621,9 @@ def render_table(result: Evaluation) -> str:
     elif result.elapsed_seconds:
         rate = result.events / result.elapsed_seconds
         head += f", {result.elapsed_seconds:.1f} s ({rate:,.0f} events/s)"
+    if result.labelled is not None:
+        return "\n".join([head, "", render_labelled(result.labelled),
+                          *(f"note: {note}" for note in result.notes)])
     lines = [head, ""]
     latency_head = "  median latency" if live else ""
     lines.append(f"{'scenario':22} {'expected detector':20} {'incidents':>9} {'detected':>8} "
@@ -416,6 +655,57 @@ def render_table(result: Evaluation) -> str:
     return "\n".join(lines)
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _percent(value: float | None) -> str:
+    """Like ``_share``, with two decimals below 1%, so 1 alert in 3,309 is not ``0.0%``.
+
+    Examples
+    --------
+    >>> _percent(1 / 3309), _percent(0.5), _percent(0.0), _percent(None)
+    ('0.03%', '50.0%', '0.0%', '-')
+    """
+    if value is not None and 0 < value < 0.01:
+        return f"{100 * value:.2f}%"
+    return _share(value)
+
+
+def render_labelled(report: LabelReport) -> str:
+    """The per-pattern and per-detector tables of alerts scored against a labels CSV."""
+    lines = [f"{report.alerts:,} alerts on {report.events:,} events: "
+             f"{_rate(report.alerts_per_1000)} per 1,000 events; precision "
+             f"{_percent(report.precision)} (alerts naming a labelled event: "
+             f"{report.on_labelled:,}); {report.labelled_events:,} labelled events", ""]
+    lines.append(f"{'pattern':22} {'groups':>6} {'caught':>6} {'group recall':>12} "
+                 f"{'first 3':>7} {'events':>6} {'named':>6} {'event recall':>12}  caught by")
+    for row in report.patterns:
+        by = ", ".join(f"{name} {count}" for name, count in row.caught_by.items()) or "-"
+        lines.append(f"{row.pattern:22} {row.groups:>6,} {row.caught:>6,} "
+                     f"{_percent(row.group_recall):>12} {_percent(row.first_3_share):>7} "
+                     f"{row.labelled_events:>6,} {row.named_events:>6,} "
+                     f"{_percent(row.event_recall):>12}  {by}")
+    lines.append("")
+    lines.append(f"{'detector':22} {'alerts':>8} {'per 1,000':>9} {'on labelled':>11} "
+                 f"{'precision':>9}")
+    for d in report.detectors:
+        lines.append(f"{d.detector:22} {d.alerts:>8,} {_rate(d.alerts_per_1000):>9} "
+                     f"{d.on_labelled:>11,} {_percent(d.precision):>9}")
+    lines.append(f"{'all detectors':22} {report.alerts:>8,} {_rate(report.alerts_per_1000):>9} "
+                 f"{report.on_labelled:>11,} {_percent(report.precision):>9}")
+    lines.append("")
+    lines.append("A group is caught when an alert of any detector names one of its events "
+                 "(event_ids); first 3: named by an alert raised by the time the group's third "
+                 "event (in the history's order) was processed; event recall: labelled events "
+                 "named by an alert; precision: alerts naming at least one labelled event over "
+                 "all alerts.")
+    if report.missing_events:
+        lines.append(f"note: {report.missing_events:,} labelled events are not in the history; "
+                     "they count as missed.")
+    return "\n".join(lines)
+
+
 # -- backtest -------------------------------------------------------------------------------
 
 
@@ -437,6 +727,19 @@ def load_labels(path: Path) -> list[LabelledEvent]:
     return labels
 
 
+def history_positions(path: Path, labels: Iterable[GroupLabel]) -> dict[str, tuple[int, datetime]]:
+    """``(line index, occurred_at)`` of the labelled events in a JSON Lines history."""
+    wanted = {label.event_id for label in labels}
+    found: dict[str, tuple[int, datetime]] = {}
+    for position, raw in enumerate(_lines(path)):
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            record = orjson.loads(raw)
+            event_id = record["event_id"]
+            if event_id in wanted and event_id not in found:
+                found[event_id] = (position, parse_occurred_at(str(record["occurred_at"])))
+    return found
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as source:
         for line in source:
@@ -447,7 +750,10 @@ def _lines(path: Path) -> Iterator[bytes]:
 
 def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
              settings: Settings | None = None, labels: Iterable[LabelledEvent] | None = None,
-             progress: Progress | None = None) -> Evaluation:
+             group_labels: Sequence[GroupLabel] | None = None,
+             alerts_out: BinaryIO | None = None,
+             progress: Progress | None = None,
+             instrument: Callable[[RuleSet], None] | None = None) -> Evaluation:
     """Run a JSON Lines history through the monitor offline and score its alerts.
 
     Parameters
@@ -455,30 +761,38 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     path
         One event per line, in the order to process (as ``txwatch replay`` reads it).
     config
-        Detector configuration; default ``settings.detector_config``'s file, else
-        the packaged defaults.
+        Detector configuration; default :func:`streams.rules.detector_config`.
     settings
         For the PII key and message size limit (default: from the environment).
-        The blacklist's shipped hashes match the simulator's people only under
-        the development PII key.
+        In development mode the demo configuration's blacklist lists the
+        simulator's people under the development key.
     labels
         Ground truth; default the ``label`` field of the lines.
+    group_labels
+        A labels CSV's rows (:func:`load_label_csv`): scored per pattern and
+        group into ``Evaluation.labelled`` (:func:`score_labelled`).
+    alerts_out
+        Receives every alert as JSON Lines, the record the worker publishes.
     progress
         Called with a line of text about every 2 s.
+    instrument
+        Called with the rule set before the first event, to observe its
+        alerters (``txwatch calibrate`` records every score this way).
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
-    from streams.rules import build_rules, read_config_file
+    from streams.rules import build_rules, detector_config
     from streams.settings import Settings
     from streams.stages import FLOW, STAGES, build_stages, stage_deriver
     from streams.state import AccountState
 
     settings = settings or Settings.from_env()
     if config is None:
-        config = (read_config_file(settings.detector_config)
-                  if settings.detector_config is not None else DEFAULT_CONFIG)
+        config = detector_config(settings)
     rules = build_rules(config, STAGES)
-    decoder = Decoder(pii_key=settings.pii_key.get().encode(),
+    if instrument is not None:
+        instrument(rules)
+    decoder = Decoder(pii_key=settings.hashing_key(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)
     # The derived stages run in line: each event's records go through their stage
@@ -493,6 +807,8 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     found_labels: list[LabelledEvent] = []
     alerts: list[ScoredAlert] = []
     events = dead_letters = stage_records = 0
+    wanted = {label.event_id for label in group_labels or ()}
+    history: dict[str, tuple[int, datetime]] = {}
     source = path.name
     started = last_report = time.monotonic()
     for offset, raw in enumerate(_lines(path)):
@@ -507,6 +823,8 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         outcome = monitor.process(raw, states, topic=source, partition=0, offset=offset)
         if outcome.dead_letter is not None:
             dead_letters += 1
+        elif outcome.event is not None and outcome.event.event_id in wanted:
+            history.setdefault(outcome.event.event_id, (offset, outcome.event.occurred_at))
         found = list(outcome.alerts)
         pending = deque(outcome.forwards)
         while pending:
@@ -519,7 +837,9 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
             pending.extend(f for f in done.forwards if f.stage in stages)
         for alert in found:
             alerts.append(ScoredAlert(alert.alert_id, alert.detector, alert.event_ids,
-                                      alert.occurred_at))
+                                      alert.occurred_at, position=offset))
+            if alerts_out is not None:
+                alerts_out.write(alert.dumps() + b"\n")
         if progress is not None and events % 4096 == 0:
             now = time.monotonic()
             if now - last_report >= PROGRESS_EVERY:
@@ -533,6 +853,9 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
                    detectors=detectors, mode="backtest")
     result.events, result.dead_letters = events, dead_letters
     result.config_version, result.elapsed_seconds = rules.version, elapsed
+    if group_labels is not None:
+        result.labelled = score_labelled(group_labels, alerts, events=events, history=history,
+                                         detectors=detectors)
     if stage_records:
         result.notes.append(f"{stage_records:,} derived-stage records processed in line "
                             f"({', '.join(sorted(stages))})")
@@ -708,10 +1031,10 @@ class _Worker:
             self.proc.wait()
 
 
-async def _delete_topics(bootstrap: str, prefix: str) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient
+async def _delete_topics(settings: Settings, prefix: str) -> list[str]:
+    from streams import clients
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-evaluate")
+    admin = clients.admin(settings, client_id="txwatch-evaluate")
     await admin.start()
     try:
         doomed = sorted(t for t in await admin.list_topics() if t.startswith(prefix))
@@ -726,8 +1049,11 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                         accounts: int = 5_000, rate: float | None = None,
                         config_path: Path | None = None, timeout: float = 600.0,
                         work_dir: Path | None = None, keep_topics: bool = False,
+                        history: Path | None = None,
+                        labels: Sequence[LabelledEvent] | None = None,
+                        group_labels: Sequence[GroupLabel] | None = None,
                         progress: Progress | None = None) -> Evaluation:
-    """Simulated labelled traffic through a real worker on ``settings.broker``, scored.
+    """Simulated labelled traffic, or a history, through a real worker, scored.
 
     Parameters
     ----------
@@ -745,15 +1071,19 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         Worker log, state and labels file; a temporary directory by default.
     keep_topics
         Leave the evaluation's topics on the broker.
+    history
+        A JSON Lines history to replay (``txwatch replay``) instead of simulating.
+    labels
+        Ground truth for a history; default the ``label`` field of its lines.
+    group_labels
+        A labels CSV's rows: scored into ``Evaluation.labelled``, as by ``backtest``.
     progress
         Receives progress lines.
     """
-    from aiokafka import AIOKafkaConsumer
-
-    from streams.broker import create_topics
+    from streams import clients
     from streams.rules import build_rules, read_config_file
     from streams.settings import Settings
-    from streams.simulate import kafka_producer, simulate
+    from streams.simulate import kafka_producer, replay, simulate
     from streams.stages import STAGES
 
     report = progress or (lambda line: None)
@@ -771,29 +1101,38 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     # subscribes can be missing from the metadata the group leader assigns from; Faust
     # then skips it ("Ignoring missing topic") and that stage reads nothing until the
     # next metadata refresh and rebalance, minutes later.
-    await create_topics(settings.broker, [*eval_settings.input_topics, eval_settings.alert_topic,
-                                          eval_settings.dead_letter_topic, *stage_topics.values()],
-                        settings.partitions)
+    await clients.create_topics(settings, [
+        *eval_settings.input_topics, eval_settings.alert_topic, eval_settings.dead_letter_topic,
+        *stage_topics.values()])
     worker = _Worker(env, work_dir / "worker.log")
     report(f"evaluate: starting a worker on topics {prefix}.* (log {worker.log_path})")
     started = time.monotonic()
     try:
         await asyncio.to_thread(worker.start)
-        report(f"evaluate: worker up, metrics on {worker.metrics_url}; publishing "
-               f"{events:,} simulated events (seed {seed}, every scenario)")
         published_at: dict[str, float] = {}
         labels_path = work_dir / "labels.jsonl"
-        sim = await simulate(
-            eval_settings, rate=rate, events=events, seed=seed, labels_path=labels_path,
-            progress=report, accounts=accounts, create_topics=False,
-            producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
-        )
-        if sim.failed:
-            message = f"{sim.failed:,} events were not delivered: {sim.first_error}"
+        incidents: Mapping[str, int] = {}
+        if history is None:
+            report(f"evaluate: worker up, metrics on {worker.metrics_url}; publishing "
+                   f"{events:,} simulated events (seed {seed}, every scenario)")
+            sim = await simulate(
+                eval_settings, rate=rate, events=events, seed=seed, labels_path=labels_path,
+                progress=report, accounts=accounts, create_topics=False,
+                producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
+            )
+            sent, failed, first_error, incidents = (sim.sent, sim.failed, sim.first_error,
+                                                    sim.incidents)
+        else:
+            report(f"evaluate: worker up, metrics on {worker.metrics_url}; replaying {history}")
+            replayed = await replay(
+                eval_settings, history, rate=rate, progress=report, create_topics=False,
+                producer_factory=lambda s: _RecordingProducer(kafka_producer(s), published_at),
+            )
+            sent, failed, first_error = replayed.sent, replayed.failed, replayed.first_error
+        if failed:
+            message = f"{failed:,} events were not delivered: {first_error}"
             raise RuntimeError(message)
-        consumer = AIOKafkaConsumer(eval_settings.alert_topic, bootstrap_servers=settings.broker,
-                                    group_id=None, auto_offset_reset="earliest",
-                                    enable_auto_commit=False)
+        consumer = clients.consumer(eval_settings, eval_settings.alert_topic)
         await consumer.start()
         records: list[dict[str, Any]] = []
         watched = [*eval_settings.input_topics, *stage_topics.values()]
@@ -818,13 +1157,13 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                     except OSError as exc:  # a busy worker may drop a scrape: ask again
                         log.debug("evaluate: /metrics scrape failed: %s", exc)
                     behind = state.lagging(watched, partitions)
-                if state.processed >= sim.sent and not behind:
+                if state.processed >= sent and not behind:
                     caught_up_since = caught_up_since or now
                 else:
                     caught_up_since = None
                 if now - last_report >= PROGRESS_EVERY:
                     last_report = now
-                    report(f"evaluate: worker processed {state.processed:,.0f} of {sim.sent:,} "
+                    report(f"evaluate: worker processed {state.processed:,.0f} of {sent:,} "
                            f"events; stage lag {_stage_lag(state, stage_topics, partitions)}; "
                            f"{len(records):,} alerts so far")
                 if (caught_up_since is not None and now - caught_up_since >= LAG_SETTLE_SECONDS
@@ -835,7 +1174,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                     raise RuntimeError(message)
                 if now > deadline:
                     message = (f"the worker did not catch up in {timeout:.0f} s: processed "
-                               f"{state.processed:,.0f} of {sim.sent:,} input events; still "
+                               f"{state.processed:,.0f} of {sent:,} input events; still "
                                f"lagging: {_describe_lag(behind)}; its log: "
                                f"{worker.log_path}")
                     raise TimeoutError(message)
@@ -845,19 +1184,26 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         await asyncio.to_thread(worker.stop)
         if not keep_topics:
             with contextlib.suppress(Exception):
-                deleted = await _delete_topics(settings.broker, prefix)
+                deleted = await _delete_topics(settings, prefix)
                 report(f"evaluate: deleted {len(deleted)} topics {prefix}.*")
     alerts = [a for a in (ScoredAlert.from_record(r, published_at) for r in records)
               if a is not None]
-    result = score(load_labels(labels_path), alerts,
-                   detectors=[a.name for a in rules.account]
-                   + [a.name for alerters in rules.stages.values() for a in alerters],
-                   mode="evaluate")
-    result.events = sim.sent
+    detectors = [a.name for a in rules.account]
+    detectors += [a.name for alerters in rules.stages.values() for a in alerters]
+    if history is None:
+        truth = load_labels(labels_path)
+    else:
+        truth = list(labels) if labels is not None else load_labels(history)
+    result = score(truth, alerts, detectors=detectors, mode="evaluate")
+    result.events = sent
     result.config_version = rules.version
     result.elapsed_seconds = time.monotonic() - started
+    if history is not None and group_labels is not None:
+        result.labelled = score_labelled(group_labels, alerts, events=sent,
+                                         history=history_positions(history, group_labels),
+                                         detectors=detectors)
     for row in result.scenarios:
-        started_incidents = sim.incidents.get(row.scenario)
+        started_incidents = incidents.get(row.scenario)
         if started_incidents is not None and started_incidents != row.incidents:
             result.notes.append(
                 f"{row.scenario}: the simulator started {started_incidents} incidents; the "
@@ -869,17 +1215,27 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
 
 
 def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
-    """``txwatch backtest FILE [--config FILE] [--labels FILE] [--json]``."""
+    """``txwatch backtest FILE [--config FILE] [--labels FILE] [--alerts FILE] [--json]``."""
     from streams.rules import read_config_file
 
     if not args.file.exists():
         print(f"txwatch backtest: no such file: {args.file}", file=sys.stderr)
         return 2
+    alerts_path: Path | None = getattr(args, "alerts", None)
     try:
         config = read_config_file(args.config) if args.config is not None else None
-        labels = load_labels(args.labels) if args.labels is not None else None
-        result = backtest(args.file, config, settings=settings, labels=labels,
-                          progress=_progress_to_stderr)
+        labels: list[LabelledEvent] | None = None
+        group_labels: list[GroupLabel] | None = None
+        if args.labels is not None and is_label_csv(args.labels):
+            group_labels = load_label_csv(args.labels)
+        elif args.labels is not None:
+            labels = load_labels(args.labels)
+        with contextlib.ExitStack() as stack:
+            alerts_out = (stack.enter_context(alerts_path.open("wb"))
+                          if alerts_path is not None else None)
+            result = backtest(args.file, config, settings=settings, labels=labels,
+                              group_labels=group_labels, alerts_out=alerts_out,
+                              progress=_progress_to_stderr)
     except (ValueError, OSError) as exc:
         print(f"txwatch backtest: {exc}", file=sys.stderr)
         return 2
@@ -887,22 +1243,42 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(result.dumps().decode() + "\n")
     else:
         print(result.table())
+    if alerts_path is not None:
+        _progress_to_stderr(f"backtest: {result.alerts:,} alerts written to {alerts_path}")
     return 0
 
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    """``txwatch evaluate [--events N] [--seed S] [--local-broker] [--json]``."""
+    """``txwatch evaluate [--events N] [--seed S] [--history FILE [--labels FILE]] [--json]``."""
     from streams.broker import LocalKafka
 
-    if args.config is not None and not args.config.exists():
-        print(f"txwatch evaluate: no such file: {args.config}", file=sys.stderr)
+    history: Path | None = getattr(args, "history", None)
+    labels_path: Path | None = getattr(args, "labels", None)
+    for path in (args.config, history, labels_path):
+        if path is not None and not path.exists():
+            print(f"txwatch evaluate: no such file: {path}", file=sys.stderr)
+            return 2
+    if labels_path is not None and history is None:
+        print("txwatch evaluate: --labels needs --history (the simulator labels its own "
+              "traffic)", file=sys.stderr)
+        return 2
+    try:
+        labels: list[LabelledEvent] | None = None
+        group_labels: list[GroupLabel] | None = None
+        if labels_path is not None and is_label_csv(labels_path):
+            group_labels = load_label_csv(labels_path)
+        elif labels_path is not None:
+            labels = load_labels(labels_path)
+    except (ValueError, OSError) as exc:
+        print(f"txwatch evaluate: {exc}", file=sys.stderr)
         return 2
 
     def run(target: Settings) -> Evaluation:
         return asyncio.run(evaluate_live(
             target, events=args.events, seed=args.seed, accounts=args.accounts, rate=args.rate,
             config_path=args.config, timeout=args.timeout, work_dir=args.work_dir,
-            keep_topics=args.keep_topics, progress=_progress_to_stderr))
+            keep_topics=args.keep_topics, history=history, labels=labels,
+            group_labels=group_labels, progress=_progress_to_stderr))
 
     try:
         if args.local_broker:
@@ -948,6 +1324,12 @@ def register_cli(subparsers: Any) -> None:
                           help="worker log, state and labels (default: a temporary directory)")
     evaluate.add_argument("--keep-topics", action="store_true",
                           help="leave the evaluation's topics on the broker")
+    evaluate.add_argument("--history", type=Path, default=None,
+                          help="replay this JSON Lines history (e.g. from txwatch import-csv) "
+                               "instead of simulating; --rate paces it")
+    evaluate.add_argument("--labels", type=Path, default=None,
+                          help="with --history: a labels CSV (event_id,label,pattern,group) or "
+                               "JSON Lines labels; default the history's label fields")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of tables")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -962,7 +1344,13 @@ def register_cli(subparsers: Any) -> None:
                                       "TXWATCH_DETECTOR_CONFIG, else the packaged defaults)")
     backtest_parser.add_argument("--labels", type=Path, default=None,
                                  help="labels JSON Lines file (txwatch simulate --labels) "
-                                      "instead of the events' label field")
+                                      "instead of the events' label field, or a labels CSV "
+                                      "(event_id,label,pattern,group; txwatch import-csv "
+                                      "--labels-out): recall per pattern and group, precision "
+                                      "and alerts per 1,000 events per detector")
+    backtest_parser.add_argument("--alerts", type=Path, default=None,
+                                 help="write every alert to this file as JSON Lines, the "
+                                      "records the worker publishes")
     backtest_parser.add_argument("--json", action="store_true",
                                  help="print JSON instead of tables")
     backtest_parser.set_defaults(func=run_backtest)

@@ -509,18 +509,16 @@ class FeedbackWatcher:
                 await asyncio.sleep(5.0)  # broker trouble: retry on a timer
 
     async def _read(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
+
+        from streams import clients
 
         settings = self.runtime.settings
-        await ensure_feedback_topic(settings.broker, self.topic)
+        await ensure_feedback_topic(settings, self.topic)
         alert_tps = [TopicPartition(settings.alert_topic, p)
-                     for p in await topic_partitions(settings.broker, settings.alert_topic)]
+                     for p in await topic_partitions(settings, settings.alert_topic)]
         feedback_tp = TopicPartition(self.topic, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=f"{settings.app_id}-feedback",
-            **settings.kafka_client(),
-        )
+        consumer = clients.consumer(settings, client_id=f"{settings.app_id}-feedback")
         await consumer.start()
         try:
             consumer.assign([*alert_tps, feedback_tp])
@@ -555,11 +553,11 @@ class FeedbackWatcher:
             await consumer.stop()
 
 
-async def topic_partitions(bootstrap: str, topic: str, timeout: float = 60.0) -> list[int]:
+async def topic_partitions(settings: Settings, topic: str, timeout: float = 60.0) -> list[int]:
     """The partition numbers of ``topic``, waiting for it to exist (the worker creates it)."""
-    from aiokafka.admin import AIOKafkaAdminClient
+    from streams import clients
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-feedback")
+    admin = clients.admin(settings, client_id=f"{settings.app_id}-feedback")
     await admin.start()
     try:
         deadline = time.monotonic() + timeout
@@ -627,25 +625,24 @@ def attach_feedback(runtime: Runtime, *, registry: CollectorRegistry | None = No
 # -- publishing -----------------------------------------------------------------------------
 
 
-async def ensure_feedback_topic(bootstrap: str, topic: str) -> bool:
+async def ensure_feedback_topic(settings: Settings, topic: str) -> bool:
     """Create the feedback topic if missing (1 partition: one order for every worker)."""
     from streams.rules import ensure_compacted_topic
 
     # Same shape as the configuration topic: one partition, compacted by key
     # (the alert id), so the newest disposition of each alert is kept for good.
-    return await ensure_compacted_topic(bootstrap, topic)
+    return await ensure_compacted_topic(settings, topic)
 
 
-async def publish_feedback(bootstrap: str, topic: str,
+async def publish_feedback(settings: Settings, topic: str,
                            feedback: Feedback | Mapping[str, Any]) -> int:
     """Validate and publish one disposition, keyed by its alert id; return its offset."""
-    from aiokafka import AIOKafkaProducer
+    from streams import clients
 
     if not isinstance(feedback, Feedback):
         feedback = parse_feedback(feedback)
-    await ensure_feedback_topic(bootstrap, topic)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                client_id="txwatch-feedback")
+    await ensure_feedback_topic(settings, topic)
+    producer = clients.producer(settings, client_id="txwatch-feedback")
     await producer.start()
     try:
         metadata = await producer.send_and_wait(topic, feedback.dumps(),
@@ -674,7 +671,7 @@ def run_feedback(settings: Settings, args: argparse.Namespace) -> int:
         print(f"txwatch feedback: not published: {exc}", file=sys.stderr)
         return 2
     try:
-        offset = asyncio.run(publish_feedback(settings.broker, topic, feedback))
+        offset = asyncio.run(publish_feedback(settings, topic, feedback))
     except (OSError, RuntimeError) as exc:
         print(f"txwatch feedback: cannot publish to {settings.broker}: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,12 @@ behaves the same live. It reads and writes account states through a
 mutable mapping the caller owns (the Faust table's store in the worker, a
 plain ``dict`` offline) and reports which accounts it touched so the caller
 can write each of them once per batch.
+
+State that belongs to no account (the global anomaly model, the alert
+budgets' score histograms) is kept per input partition
+(:class:`PartitionModels`): it then depends only on that partition's order,
+and moves with the partition. :meth:`Monitor.model_snapshots` gives what
+changed since the last call, for the caller to write with the batch.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from detectors.base import ThresholdAlerter
 from detectors.precipitated_funds import PrecipitatedFunds, balance_minor
@@ -44,6 +52,59 @@ DEFAULT_COOLDOWN_SECONDS: dict[str, int] = {
     "velocity": 60, "global_anomaly": 300, "fan_out": 3600, "rapid_pass_through": 1800,
     "account_takeover": 3600, "structuring": 3600,
 }
+
+
+#: Format of a partition's model record.
+MODEL_FORMAT: Final = 1
+
+
+def model_key(topic: str | None, partition: int | None) -> bytes:
+    """Key of an input partition's model record: ``topic:partition``."""
+    return f"{topic or ''}:{'' if partition is None else partition}".encode()
+
+
+class PartitionModels:
+    """The alerters of one input partition, with its own copy of each one holding global state.
+
+    Alerters whose state lives with the accounts (keyed detectors without a
+    budget) are shared by every partition.
+    """
+
+    __slots__ = ("globals", "offset", "partition", "plan", "templates", "written")
+
+    def __init__(self, templates: list[ThresholdAlerter], partition: int | None) -> None:
+        self.templates = templates
+        self.partition = partition
+        alerters = [a.clone(detector=a.detector.clone()) if a.has_global_state else a
+                    for a in templates]
+        #: ``(alerter, name, is the wallet detector, holds global state)``
+        self.plan = [(a, a.name, a.name == PRECIPITATED_FUNDS, a.has_global_state)
+                     for a in alerters]
+        self.globals = [a for a in alerters if a.has_global_state]
+        #: last input offset whose event the models learnt (``None``: none, or offline)
+        self.offset: int | None = None
+        #: the record last written to or read from the model store: another one
+        #: there means the partition's state came from elsewhere (a recovery)
+        self.written: Any = None
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Put back the state of :meth:`dumps` (or of another instance's :meth:`state`)."""
+        if record.get("format") != MODEL_FORMAT:
+            message = f"model record format {record.get('format')!r}, not {MODEL_FORMAT}"
+            raise ValueError(message)
+        states = record["alerters"]
+        for alerter in self.globals:
+            state = states.get(alerter.name)
+            if state is not None:
+                alerter.restore(state)
+        self.offset = record["offset"]
+
+    def state(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "offset": self.offset,
+                "alerters": {a.name: a.snapshot() for a in self.globals}}
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.state())
 
 
 @dataclass(slots=True)
@@ -94,36 +155,73 @@ class Monitor:
         self.cooldown_seconds = dict(
             DEFAULT_COOLDOWN_SECONDS if cooldown_seconds is None else cooldown_seconds
         )
-        self._plan_of: list[ThresholdAlerter] | None = None
-        self._plan_cache: list[tuple[ThresholdAlerter, str, bool]] = []
+        self._partitions: dict[bytes, PartitionModels] = {}
+        self._changed: dict[bytes, PartitionModels] = {}
 
     def reconfigure(self, alerters: Sequence[ThresholdAlerter], config_version: str) -> None:
-        """Swap the detector set between two events (no restart)."""
+        """Swap the detector set between two events (no restart).
+
+        Each partition's models carry over what they learnt wherever the
+        parameters are unchanged (see :meth:`ThresholdAlerter.restore`).
+        """
         self.alerters = list(alerters)
         self.config_version = config_version
 
-    def _plan(self) -> list[tuple[ThresholdAlerter, str, bool]]:
-        """``(alerter, name, is the wallet detector)`` per alerter, rebuilt when they change."""
-        alerters = self.alerters
-        if self._plan_of is not alerters or len(self._plan_cache) != len(alerters):
-            self._plan_cache = [(a, a.name, a.name == PRECIPITATED_FUNDS) for a in alerters]
-            self._plan_of = alerters
-        return self._plan_cache
+    def _models(self, topic: str | None, partition: int | None,
+                store: MutableMapping[bytes, Any] | None) -> tuple[bytes, PartitionModels]:
+        """The partition's models: live, else restored from ``store``, else fresh."""
+        key = model_key(topic, partition)
+        live = self._partitions.get(key)
+        stored = store.get(key) if store is not None else None
+        if live is not None and live.templates is self.alerters and stored is live.written:
+            return key, live
+        models = PartitionModels(self.alerters, partition)
+        try:
+            if live is not None and stored is live.written:  # a new configuration
+                models.restore(live.state())
+            elif stored is not None:  # recovered from the changelog, or first use
+                models.restore(orjson.loads(stored))
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+            log.warning("models of %s: record not restored (%s); starting afresh",
+                        key.decode(), exc)
+            models = PartitionModels(self.alerters, partition)
+        models.written = stored
+        self._partitions[key] = models
+        return key, models
+
+    def model_snapshots(self, store: MutableMapping[bytes, Any] | None = None,
+                        ) -> list[tuple[bytes, int | None, bytes]]:
+        """``(key, partition, record)`` of each partition's models changed since the last call.
+
+        Each record is also put in ``store``, where :meth:`process` expects it.
+        """
+        records = []
+        for key, models in self._changed.items():
+            record = models.dumps()
+            models.written = record
+            if store is not None:
+                store[key] = record
+            records.append((key, models.partition, record))
+        self._changed.clear()
+        return records
 
     def process(self, raw: bytes | None, states: MutableMapping[Any, AccountState], *,
                 topic: str | None = None, partition: int | None = None,
                 offset: int | None = None, source_timestamp: float | None = None,
-                now: datetime | None = None) -> Outcome:
+                now: datetime | None = None,
+                models: MutableMapping[bytes, Any] | None = None) -> Outcome:
         """Handle one message. Never raises.
 
         The account's state is read from and put back into ``states`` under
-        the account id encoded as UTF-8 bytes. A message that makes a detector
-        fail becomes a dead letter with reason ``processing_error`` (the
-        traceback goes to the log, the payload does not), so one poisonous
-        message cannot stop the partition.
+        the account id encoded as UTF-8 bytes; the partition's models from
+        ``models`` (see :meth:`model_snapshots`), when given. A message that
+        makes a detector fail becomes a dead letter with reason
+        ``processing_error`` (the traceback goes to the log, the payload does
+        not), so one poisonous message cannot stop the partition.
         """
         try:
-            return self._process(raw, states, topic, partition, offset, source_timestamp, now)
+            return self._process(raw, states, topic, partition, offset, source_timestamp, now,
+                                 models)
         except Exception as exc:
             log.exception("processing failed at %s[%s]@%s", topic, partition, offset)
             dead = self.decoder.reject(
@@ -134,7 +232,8 @@ class Monitor:
 
     def _process(self, raw: bytes | None, states: MutableMapping[Any, AccountState],
                  topic: str | None, partition: int | None, offset: int | None,
-                 source_timestamp: float | None, now: datetime | None) -> Outcome:
+                 source_timestamp: float | None, now: datetime | None,
+                 model_store: MutableMapping[bytes, Any] | None) -> Outcome:
         decoded = self.decoder.decode(raw, topic, partition, offset)
         if isinstance(decoded, DeadLetter):
             self.sensor.on_dead_letter(decoded)
@@ -168,8 +267,19 @@ class Monitor:
         alerts: list[Alert] = []
         detectors = state.detectors
         sensor = self.sensor
-        for alerter, name, wallet in self._plan():
+        model_key, models = self._models(topic, partition, model_store)
+        # The models already hold this event when their record was delivered and the
+        # account's was not (a crash in between): they do not learn it twice.
+        learnt = offset is not None and models.offset is not None and offset <= models.offset
+        if not learnt:
+            models.offset = offset
+            self._changed[model_key] = models
+        for alerter, name, wallet, is_global in models.plan:
             before = detectors.get(name)
+            if learnt and is_global:
+                if (kept := alerter.learn_only(x, before)) is not None:
+                    detectors[name] = kept
+                continue
             if wallet:
                 wallet_before = balance_minor(before)
             finding, new_state = alerter.process_one(x, before)

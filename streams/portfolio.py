@@ -359,12 +359,12 @@ class PartialsView:
 
 async def read_partials(settings: Settings, topic: str, timeout: float = 15.0) -> PartialsView:
     """Read the partials topic from the beginning to its end (as of now)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
+
+    from streams import clients
 
     view = PartialsView()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                client_id="txwatch-portfolio-cli", **settings.kafka_client())
+    consumer = clients.consumer(settings, client_id="txwatch-portfolio-cli")
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -719,7 +719,9 @@ class PortfolioAgent:
 
     async def run_reader(self) -> None:
         """Declare the partials topic, then follow it for the life of the worker."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
+
+        from streams import clients
 
         settings = self.runtime.settings
         topic = self.portfolio_settings.topic_for(settings)
@@ -728,10 +730,7 @@ class PortfolioAgent:
         except Exception as exc:  # it may exist already; reading it will tell
             log.warning("portfolio: could not declare %s: %s", topic, exc)
         self.topic_ready = True
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest",
-                                    client_id=f"{settings.app_id}-portfolio-reader",
-                                    **settings.kafka_client())
+        consumer = clients.consumer(settings, client_id=f"{settings.app_id}-portfolio-reader")
         await consumer.start()
         try:
             tp = TopicPartition(topic, 0)

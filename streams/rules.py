@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import logging
 import sys
 import threading
@@ -55,7 +56,7 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from detectors.base import ThresholdAlerter
-from detectors.registry import build_alerters
+from detectors.registry import DEFAULT_CONFIG, build_alerters
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -68,6 +69,8 @@ CONFIG_KEY: Final = b"detectors"
 DEFAULT_CONFIG_TOPIC: Final = "txwatch.config"
 #: Seconds a worker waits, on its first assignment, to read the topic to its end.
 CATCH_UP_TIMEOUT: Final = 15.0
+#: What development mode lays over the packaged defaults (package data).
+DEMO_CONFIG_FILE: Final = Path(__file__).resolve().parent / "config" / "demo.json"
 #: Stage name of the detectors the account monitor (stage 1) runs.
 ACCOUNT_STAGE: Final = "account"
 
@@ -120,6 +123,38 @@ def read_config_file(path: Path) -> dict[str, Any]:
         message = f"cannot read detector configuration {path}: {exc.strerror or exc}"
         raise ValueError(message) from exc
     return parse_config(raw, f"detector configuration {path}")
+
+
+def demo_config() -> dict[str, Any]:
+    """The packaged defaults with ``config/demo.json``'s detector parameters laid over them.
+
+    Development mode's configuration (``txwatch demo``, the tests, the
+    benchmark): its blacklist lists the simulator's people under the public
+    development key, which production never uses.
+    """
+    overlay = orjson.loads(DEMO_CONFIG_FILE.read_bytes())
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for name, entry in overlay["detectors"].items():
+        config["detectors"][name]["params"].update(entry["params"])
+    return config
+
+
+def detector_config(settings: Settings) -> dict[str, Any]:
+    """The configuration a worker starts with.
+
+    ``TXWATCH_DETECTOR_CONFIG``'s file; else :func:`demo_config` in development
+    mode; else the packaged defaults.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read or is not a JSON object.
+    """
+    if settings.detector_config is not None:
+        return read_config_file(settings.detector_config)
+    if settings.dev_mode:
+        return demo_config()
+    return copy.deepcopy(DEFAULT_CONFIG)
 
 
 def stage_of(alerter: ThresholdAlerter) -> str:
@@ -186,11 +221,7 @@ def keep_learnt_models(old: Sequence[ThresholdAlerter],
         before = previous.get(alerter.name)
         if (before is not None and type(before.detector) is type(alerter.detector)
                 and before.detector._get_params() == alerter.detector._get_params()):
-            alerter = ThresholdAlerter(
-                before.detector, threshold=alerter.threshold, severity=alerter.severity,
-                critical_threshold=alerter.critical_threshold,
-                learn_flagged=alerter.learn_flagged,
-            )
+            alerter = alerter.clone(detector=before.detector)
         kept.append(alerter)
     return kept
 
@@ -347,16 +378,14 @@ class RulesWatcher:
             self._catch_up = None
 
     async def _read_to_end(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
+
+        from streams import clients
 
         await self._stop_consumer()
         settings = self.runtime.settings
-        await ensure_compacted_topic(settings.broker, self.topic)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.broker, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=f"{settings.app_id}-rules",
-            **settings.kafka_client(),
-        )
+        await ensure_compacted_topic(settings, self.topic)
+        consumer = clients.consumer(settings, client_id=f"{settings.app_id}-rules")
         await consumer.start()
         try:
             tp = TopicPartition(self.topic, 0)
@@ -521,36 +550,13 @@ def attach_rules(runtime: Runtime, *, registry: CollectorRegistry | None = None,
 # -- publishing ---------------------------------------------------------------------------
 
 
-async def ensure_compacted_topic(bootstrap: str, topic: str) -> bool:
+async def ensure_compacted_topic(settings: Settings, topic: str) -> bool:
     """Create ``topic``, 1 partition and ``cleanup.policy=compact``, if missing; True if created."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    from streams import clients
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="txwatch-rules")
-    await admin.start()
-    try:
-        if topic in set(await admin.list_topics()):
-            return False
-        cluster = await admin.describe_cluster()
-        replication = max(1, min(3, len(cluster.get("brokers") or ())))
-        response = await admin.create_topics([NewTopic(
-            topic, 1, replication, topic_configs={"cleanup.policy": "compact"})])
-        for name, code, *detail in response.topic_errors:
-            if code not in (0, TopicAlreadyExistsError.errno):
-                message = f"cannot create topic {name!r}: error {code} {detail}"
-                raise RuntimeError(message)
-        # Metadata reaches the partition leader asynchronously; wait for it to answer.
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            described = await admin.describe_topics([topic])
-            partitions = described[0].get("partitions") or []
-            if described[0].get("error_code") == 0 and partitions and all(
-                    p.get("leader", -1) >= 0 for p in partitions):
-                break
-            await asyncio.sleep(0.05)
-        return True
-    finally:
-        await admin.close()
+    created = await clients.create_topics(settings, [topic], 1,
+                                          configs={"cleanup.policy": "compact"})
+    return bool(created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,7 +568,7 @@ class PublishedConfig:
     timestamp: datetime
 
 
-async def read_latest_config(bootstrap: str, topic: str,
+async def read_latest_config(settings: Settings, topic: str,
                              timeout: float = 15.0) -> PublishedConfig | None:
     """The newest ``detectors`` record on ``topic``, or ``None`` when there is none.
 
@@ -571,11 +577,11 @@ async def read_latest_config(bootstrap: str, topic: str,
     ValueError
         The newest record is not a JSON object (``txwatch rules show`` says so).
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest",
-                                client_id="txwatch-rules-show")
+    from streams import clients
+
+    consumer = clients.consumer(settings, client_id="txwatch-rules-show")
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -603,7 +609,8 @@ async def read_latest_config(bootstrap: str, topic: str,
         await consumer.stop()
 
 
-async def publish_config(bootstrap: str, topic: str, config: Mapping[str, Any]) -> int | None:
+async def publish_config(settings: Settings, topic: str,
+                         config: Mapping[str, Any]) -> int | None:
     """Validate ``config``, then publish it as the newest version; return its offset.
 
     Returns ``None`` when the topic's newest version already is this exact
@@ -616,12 +623,12 @@ async def publish_config(bootstrap: str, topic: str, config: Mapping[str, Any]) 
         its version is already on the topic with a different content: a
         version names one document, so change the version.
     """
-    from aiokafka import AIOKafkaProducer
+    from streams import clients
 
     build_rules(config)
-    await ensure_compacted_topic(bootstrap, topic)
+    await ensure_compacted_topic(settings, topic)
     try:
-        latest = await read_latest_config(bootstrap, topic)
+        latest = await read_latest_config(settings, topic)
     except ValueError:
         latest = None  # an unreadable newest record is replaced by this one
     if latest is not None and latest.config.get("version") == config["version"]:
@@ -630,8 +637,7 @@ async def publish_config(bootstrap: str, topic: str, config: Mapping[str, Any]) 
         message = (f"version {config['version']!r} is already on {topic} with a different "
                    f"content; give this configuration a new version")
         raise ValueError(message)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                client_id="txwatch-rules-publish")
+    producer = clients.producer(settings, client_id="txwatch-rules-publish")
     await producer.start()
     try:
         metadata = await producer.send_and_wait(topic, orjson.dumps(dict(config)), key=CONFIG_KEY)
@@ -655,7 +661,7 @@ def run_rules_publish(settings: Settings, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        offset = asyncio.run(publish_config(settings.broker, topic, config))
+        offset = asyncio.run(publish_config(settings, topic, config))
     except ValueError as exc:
         print(f"txwatch rules publish: not published: {exc}", file=sys.stderr)
         return 2
@@ -675,7 +681,7 @@ def run_rules_show(settings: Settings, args: argparse.Namespace) -> int:
     """``txwatch rules show``: the newest configuration on the topic, as JSON on stdout."""
     topic = config_topic(settings)
     try:
-        latest = asyncio.run(read_latest_config(settings.broker, topic, args.timeout))
+        latest = asyncio.run(read_latest_config(settings, topic, args.timeout))
     except ValueError as exc:
         print(f"txwatch rules show: the newest record on {topic} is unusable: {exc}",
               file=sys.stderr)

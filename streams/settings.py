@@ -11,11 +11,14 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 PREFIX = "TXWATCH_"
+#: The public key personal identifiers are hashed with in development mode only.
+DEV_PII_KEY: Final = "txwatch-dev-only-key"
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Secret:
@@ -45,8 +48,11 @@ class SettingsError(ValueError):
     """A ``TXWATCH_*`` variable holds a value that cannot be used."""
 
 
-def _env(name: str, help: str, default: Any = None) -> Any:
-    return field(default=default, metadata={"env": PREFIX + name, "help": help})
+def _env(name: str, help: str, default: Any = None, *, minimum: float | None = None,
+         maximum: float | None = None) -> Any:
+    """A field read from ``TXWATCH_<name>``; numbers outside ``[minimum, maximum]`` are refused."""
+    return field(default=default, metadata={"env": PREFIX + name, "help": help,
+                                            "minimum": minimum, "maximum": maximum})
 
 
 @dataclass(frozen=True)
@@ -104,36 +110,50 @@ class Settings:
         "FEEDBACK_MIN_DISPOSITIONS",
         "Dispositions learnt before alerts carry feedback_probability.",
         20,
+        minimum=1,
     )
     feedback_memory: int = _env(
         "FEEDBACK_MEMORY", "Recent alerts each worker remembers, to match dispositions to them.",
         100000,
+        minimum=1,
     )
     partitions: int = _env(
-        "PARTITIONS", "Partitions of the input topics and of the state changelog.", 4
+        "PARTITIONS", "Partitions of the input topics and of the state changelog.", 4, minimum=1
     )
     metrics_port: int = _env(
-        "METRICS_PORT", "HTTP port of the Prometheus /metrics endpoint (0: any free port).", 9108
+        "METRICS_PORT", "HTTP port of the Prometheus /metrics endpoint (0: any free port).", 9108,
+        minimum=0, maximum=65535,
     )
     metrics_host: str = _env("METRICS_HOST", "Address the /metrics endpoint binds.", "127.0.0.1")
     pii_key: Secret = _env(
         "PII_KEY",
-        "HMAC key for hashing personal identifiers. Set it in production; the default "
-        "is for local runs only and is reported at start-up.",
-        Secret("txwatch-dev-only-key"),
+        "HMAC key for hashing personal identifiers; no default: the worker, backtest and "
+        "evaluate refuse to start without it unless TXWATCH_DEV_MODE is on.",
+        Secret(""),
+    )
+    dev_mode: bool = _env(
+        "DEV_MODE",
+        "Development mode (txwatch demo, the tests, the benchmark; never in production): "
+        "without TXWATCH_PII_KEY the public development key hashes personal identifiers, "
+        "and without TXWATCH_DETECTOR_CONFIG the demo configuration applies.",
+        False,
     )
     max_message_bytes: int = _env(
-        "MAX_MESSAGE_BYTES", "Larger input messages are dead-lettered as oversized.", 65536
+        "MAX_MESSAGE_BYTES", "Larger input messages are dead-lettered as oversized.", 65536,
+        minimum=1,
     )
     batch_size: int = _env(
-        "BATCH_SIZE", "Events per processing batch (state is written once per batch).", 1000
+        "BATCH_SIZE", "Events per processing batch (state is written once per batch).", 1000,
+        minimum=1,
     )
     batch_within: float = _env(
-        "BATCH_WITHIN", "Seconds to wait for a batch to fill before processing it.", 0.05
+        "BATCH_WITHIN", "Seconds to wait for a batch to fill before processing it.", 0.05,
+        minimum=0,
     )
     detector_config: Path | None = _env(
         "DETECTOR_CONFIG",
-        "JSON file with detector thresholds; the packaged defaults when unset.",
+        "JSON file with detector thresholds; when unset, the packaged defaults (the demo "
+        "configuration in development mode).",
         None,
     )
     data_dir: Path = _env(
@@ -145,10 +165,10 @@ class Settings:
         False,
     )
     consumer_session_timeout: float = _env(
-        "SESSION_TIMEOUT", "Consumer group session timeout in seconds.", 30.0
+        "SESSION_TIMEOUT", "Consumer group session timeout in seconds.", 30.0, minimum=1
     )
     rebalance_timeout: float = _env(
-        "REBALANCE_TIMEOUT", "Consumer group rebalance timeout in seconds.", 30.0
+        "REBALANCE_TIMEOUT", "Consumer group rebalance timeout in seconds.", 30.0, minimum=1
     )
     log_level: str = _env("LOG_LEVEL", "Worker log level.", "INFO")
 
@@ -167,9 +187,25 @@ class Settings:
                 message = (f"{PREFIX}SECURITY_PROTOCOL={protocol} needs {PREFIX}SASL_USERNAME "
                            f"and {PREFIX}SASL_PASSWORD")
                 raise SettingsError(message)
-        if self.ssl_cafile is not None and not self.ssl_cafile.is_file():
-            message = f"{PREFIX}SSL_CAFILE={str(self.ssl_cafile)!r}: no such file"
+        for path_field in ("ssl_cafile", "detector_config"):
+            path = getattr(self, path_field)
+            if path is not None and not path.is_file():
+                message = f"{_variable(path_field)}={str(path)!r}: no such file"
+                raise SettingsError(message)
+        if self.log_level.upper() not in LOG_LEVELS:
+            message = (f"{PREFIX}LOG_LEVEL={self.log_level!r}: expected one of "
+                       f"{', '.join(LOG_LEVELS)}")
             raise SettingsError(message)
+        for f in fields(self):
+            low, high = f.metadata["minimum"], f.metadata["maximum"]
+            if low is None and high is None:
+                continue
+            value = getattr(self, f.name)
+            if (low is not None and value < low) or (high is not None and value > high):
+                expected = (f"at least {low:g}" if high is None else
+                            f"between {low:g} and {high:g}")
+                message = f"{f.metadata['env']}={value!r}: expected {expected}"
+                raise SettingsError(message)
 
     def kafka_client(self) -> dict[str, Any]:
         """aiokafka keyword arguments for the security settings (admin, producer, consumer)."""
@@ -183,6 +219,26 @@ class Settings:
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password.get()
         return options
+
+    def hashing_key(self) -> bytes:
+        """The HMAC key for personal identifiers, as bytes.
+
+        Raises
+        ------
+        SettingsError
+            ``TXWATCH_PII_KEY`` is not set and development mode is off: a
+            public default would let anyone reverse the hashes of phone numbers
+            and national ids by trying every value.
+        """
+        key = self.pii_key.get()
+        if key:
+            return key.encode()
+        if self.dev_mode:
+            return DEV_PII_KEY.encode()
+        message = (f"{PREFIX}PII_KEY is not set: set it to a secret key (it hashes personal "
+                   f"identifiers), or {PREFIX}DEV_MODE=1 for a local run with the public "
+                   f"development key")
+        raise SettingsError(message)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -207,12 +263,36 @@ class Settings:
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:
         """``(variable, default, help)`` rows, for the README and ``txwatch settings``."""
-        rows = []
-        for f in fields(cls):
-            default = f.default
-            shown = "(secret)" if isinstance(default, Secret) else repr(default)
-            rows.append((f.metadata["env"], shown, f.metadata["help"]))
-        return rows
+        return [(f.metadata["env"], _shown(f.default), f.metadata["help"]) for f in fields(cls)]
+
+    @classmethod
+    def markdown_table(cls) -> str:
+        """The README's table of settings (``txwatch settings --markdown``)."""
+        lines = ["| variable | default | meaning |", "|---|---|---|"]
+        for variable, default, help_text in cls.documentation():
+            cell = default if default == UNSET else f"`{default}`"
+            lines.append(f"| `{variable}` | {cell} | {help_text} |")
+        return "\n".join(lines) + "\n"
+
+
+#: How :meth:`Settings.documentation` shows a setting without a default (secrets included).
+UNSET: Final = "unset"
+
+
+def _shown(default: Any) -> str:
+    if default is None or default == "" or (isinstance(default, Secret) and not default.get()):
+        return UNSET
+    if isinstance(default, Secret):
+        return "(secret)"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return str(default)
+
+
+def _variable(name: str) -> str:
+    """The environment variable of the field ``name``."""
+    variable: str = next(f for f in fields(Settings) if f.name == name).metadata["env"]
+    return variable
 
 
 def _parse(name: str, default: Any, raw: str) -> Any:

@@ -54,13 +54,11 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol
 
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from detectors.flow import DEFAULT_FLOW_PARAMS
 from detectors.identity import DEFAULT_IDENTITY_PARAMS
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
+from streams import clients
 from streams.events import EVENT_TYPES, LENDING_TYPES
 from streams.settings import Settings
 
@@ -101,8 +99,10 @@ __all__ = [
     "rapid_pass_through",
     "replay",
     "scatter_gather",
+    "scenario_named",
     "shared_identity",
     "simulate",
+    "simulated_traffic",
     "structuring",
     "sybil_pledging",
     "topic_for",
@@ -945,9 +945,9 @@ def dishonest_persons() -> list[tuple[str, str]]:
     """``(national_id, phone)`` of the synthetic people on the simulated dishonest-person list.
 
     Generated from :data:`DISHONEST_SEED` like the population's identities, so
-    no clear identifier is written in the code; the blacklist detector's
-    default list holds their keyed hashes under the development key
-    (``TXWATCH_PII_KEY``'s default), checked by ``tests/unit/test_simulate.py``.
+    no clear identifier is written in the code; the demo configuration's
+    blacklist (``streams/config/demo.json``) holds their keyed hashes under the
+    development key, checked by ``tests/unit/test_simulate.py``.
     """
     rng = random.Random(DISHONEST_SEED)
     people = []
@@ -964,8 +964,8 @@ def blacklisted_identity(ctx: IncidentContext) -> Iterator[PlannedEvent]:
 
     The application carries the listed person's national id and phone number
     (see :func:`dishonest_persons`), from the account's usual device; it is
-    labelled. The blacklist detector flags it with the shipped list only when
-    the worker runs with the development PII key.
+    labelled. The blacklist detector flags it only in development mode
+    (``TXWATCH_DEV_MODE``: the development PII key and the demo configuration).
     """
     rng = ctx.rng
     victim = ctx.any_victim()
@@ -1510,7 +1510,11 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
 
     After iteration, :attr:`incidents` counts the incidents started per
     scenario and :attr:`now` is the event time of the last event (epoch seconds).
+    Scenario names are looked up in :attr:`registry` (:data:`SCENARIOS`; the
+    population variants of :mod:`streams.populations` add their own).
     """
+
+    registry: Mapping[str, Scenario] = SCENARIOS
 
     def __init__(
         self,
@@ -1535,7 +1539,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         if incident_every < 1 or first_incident_at < 0:
             message = "incident_every must be >= 1 and first_incident_at >= 0"
             raise ValueError(message)
-        self.scenarios: tuple[str, ...] = _checked_scenarios(scenarios)
+        self.scenarios: tuple[str, ...] = _checked_scenarios(scenarios, self.registry)
         self.seed = seed
         self.start = start.astimezone(UTC)
         self.limit = events
@@ -1823,7 +1827,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         for name in self.scenarios:
             rng = random.Random(f"txwatch-incident/{self.seed}/{self._round}/{name}")
             context = IncidentContext(self, name, rng, self.now)
-            scenario = SCENARIOS[name]
+            scenario = self.registry[name]
             incident = list(scenario.inject(context))
             budget = self._room()
             if not incident or (budget is not None and len(incident) > budget):
@@ -2141,14 +2145,16 @@ def _national_id(rng: random.Random, area: str, birth_year: int) -> str:
     return body + "10X98765432"[total % 11]
 
 
-def _checked_scenarios(scenarios: Sequence[str] | None) -> tuple[str, ...]:
+def _checked_scenarios(
+    scenarios: Sequence[str] | None, registry: Mapping[str, Scenario] = SCENARIOS
+) -> tuple[str, ...]:
     if scenarios is None:
         return tuple(SCENARIOS)
     if isinstance(scenarios, str):
         scenarios = (scenarios,)
-    unknown = [name for name in scenarios if name not in SCENARIOS]
+    unknown = [name for name in scenarios if name not in registry]
     if unknown:
-        message = f"unknown scenario(s) {unknown}; known: {sorted(SCENARIOS)}"
+        message = f"unknown scenario(s) {unknown}; known: {sorted(registry)}"
         raise ValueError(message)
     return tuple(dict.fromkeys(scenarios))
 
@@ -2218,12 +2224,23 @@ def topic_for(event_type: object, settings: Settings) -> str:
     return settings.lending_topic if event_type in LENDING_TYPES else settings.payments_topic
 
 
+def scenario_named(name: str) -> Scenario | None:
+    """The scenario a label names: one of :data:`SCENARIOS`, or a population variant's own."""
+    registered = SCENARIOS.get(name)
+    if registered is None:
+        # streams.populations builds on this module, so it is imported when first needed.
+        from streams.populations import VARIANT_SCENARIOS
+
+        registered = VARIANT_SCENARIOS.get(name)
+    return registered
+
+
 def label_record(event: Mapping[str, Any]) -> dict[str, Any] | None:
     """The labels-file line of an injected event, ``None`` for background ones."""
     scenario = event.get("label")
     if scenario is None:
         return None
-    registered = SCENARIOS.get(scenario) if isinstance(scenario, str) else None
+    registered = scenario_named(scenario) if isinstance(scenario, str) else None
     record = {
         "event_id": event["event_id"],
         "account_id": event["account_id"],
@@ -2277,14 +2294,9 @@ Progress = Callable[[str], None]
 
 def kafka_producer(settings: Settings) -> Producer:
     """The simulator's producer: batched for throughput, acknowledged by all replicas."""
-    producer: Producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker,
-        client_id="txwatch-simulator",
-        acks="all",
-        linger_ms=20,
-        max_batch_size=256 * 1024,
+    producer: Producer = clients.producer(
+        settings, client_id="txwatch-simulator", linger_ms=20, max_batch_size=256 * 1024,
         request_timeout_ms=30_000,
-        **settings.kafka_client(),
     )
     return producer
 
@@ -2295,30 +2307,7 @@ async def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
     The replication factor is the number of brokers, at most 3. A topic
     created meanwhile by someone else counts as existing.
     """
-    wanted = list(dict.fromkeys(topics))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker, client_id="txwatch-simulator",
-                                **settings.kafka_client())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [topic for topic in wanted if topic not in existing]
-        if not missing:
-            return []
-        cluster = await admin.describe_cluster()
-        replication = max(1, min(3, len(cluster.get("brokers") or ())))
-        response = await admin.create_topics(
-            [NewTopic(topic, settings.partitions, replication) for topic in missing]
-        )
-        created = []
-        for topic, code, *detail in response.topic_errors:
-            if code == 0:
-                created.append(topic)
-            elif code != TopicAlreadyExistsError.errno:
-                message = f"cannot create topic {topic!r}: error {code} {detail}"
-                raise RuntimeError(message)
-        return created
-    finally:
-        await admin.close()
+    return await clients.create_topics(settings, topics, client_id="txwatch-simulator")
 
 
 class _Publisher:
@@ -2515,12 +2504,13 @@ async def simulate(
     labels_path: Path | None = None,
     progress: Progress | None = None,
     *,
-    accounts: int = DEFAULT_ACCOUNTS,
+    accounts: int | None = None,
     start: datetime | None = None,
     acceleration: float | None = None,
-    incident_every: int = DEFAULT_INCIDENT_EVERY,
+    incident_every: int | None = None,
     create_topics: bool = True,
     producer_factory: ProducerFactory = kafka_producer,
+    variant: str | None = None,
 ) -> SimulationReport:
     """Publish simulated traffic until ``duration`` seconds or ``events`` events.
 
@@ -2536,7 +2526,7 @@ async def simulate(
     events
         Stop after exactly this many events. With neither limit: until cancelled.
     seed, scenarios, accounts, incident_every
-        As for :func:`generate`.
+        As for :func:`generate` (``None``: its defaults, or the variant's own).
     labels_path
         Write one JSON line per labelled event sent.
     progress
@@ -2550,6 +2540,9 @@ async def simulate(
         Create the input topics first if missing.
     producer_factory
         Builds the producer (tests pass a fake).
+    variant
+        A population variant of :data:`streams.populations.VARIANTS` instead of
+        the default population.
     """
     _positive("rate", rate)
     _positive("duration", duration)
@@ -2557,14 +2550,10 @@ async def simulate(
     if rate is not None and acceleration is not None:
         message = "give rate or acceleration, not both"
         raise ValueError(message)
-    traffic = generate(
-        seed,
-        accounts=accounts,
-        start=start or DEFAULT_START,
-        scenarios=scenarios,
-        events=events,
-        incident_every=incident_every,
-    )
+    traffic = simulated_traffic(
+        variant, seed, accounts=accounts, start=start or DEFAULT_START, scenarios=scenarios,
+        events=events, incident_every=incident_every,
+    )  # fmt: skip
     created = await ensure_topics(settings, settings.input_topics) if create_topics else []
     producer = producer_factory(settings)
     await producer.start()
@@ -2634,6 +2623,29 @@ async def simulate(
         labels_path=labels_path,
         first_error=publisher.first_error,
     )
+
+
+def simulated_traffic(
+    variant: str | None, seed: int, *, accounts: int | None = None,
+    start: datetime = DEFAULT_START, scenarios: Sequence[str] | None = None,
+    events: int | None = None, incident_every: int | None = None,
+) -> TrafficGenerator:
+    """The default population's traffic (``variant`` ``None``), or a population variant's.
+
+    ``None`` for ``accounts`` or ``incident_every`` keeps the population's own.
+    """
+    if variant is None:
+        return generate(
+            seed, accounts=DEFAULT_ACCOUNTS if accounts is None else accounts, start=start,
+            scenarios=scenarios, events=events,
+            incident_every=DEFAULT_INCIDENT_EVERY if incident_every is None else incident_every,
+        )  # fmt: skip
+    from streams.populations import variant_events  # builds on this module
+
+    return variant_events(
+        variant, seed=seed, accounts=accounts, start=start, scenarios=scenarios, events=events,
+        incident_every=incident_every,
+    )  # fmt: skip
 
 
 def _simulation_detail(traffic: TrafficGenerator, occurred_at: str | None) -> str:

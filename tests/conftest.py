@@ -8,6 +8,10 @@ always means "no broker".
 
 ``TXWATCH_TEST_BROKER=host:port`` points the suite at a broker you run
 yourself instead of the one :class:`streams.broker.LocalKafka` starts.
+
+The tests run in development mode (``TXWATCH_DEV_MODE=1``): the public
+development PII key and the demo configuration, whose blacklist lists the
+simulator's people. A test of the refusal without a key removes it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from streams.broker import LocalKafka
+
+os.environ["TXWATCH_DEV_MODE"] = "1"
 
 #: ``host:port`` of an existing broker to test against instead of starting one.
 TEST_BROKER_ENV = "TXWATCH_TEST_BROKER"

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from detectors.registry import STAGE_DETECTORS
-from streams.evaluation import backtest, evaluate_live, expected_detector
+from streams.evaluation import backtest, evaluate_live, expected_detector, load_label_csv
 from streams.settings import Settings
 from streams.simulate import generate, write_jsonl
 
@@ -65,7 +65,7 @@ async def test_evaluate_scores_the_scenarios_through_a_real_worker(
     # and records of different partitions interleave in another order.
     history = tmp_path / "events.jsonl"
     write_jsonl(generate(SEED, events=EVENTS, accounts=ACCOUNTS), history)
-    offline = backtest(history, settings=Settings())
+    offline = backtest(history, settings=Settings(dev_mode=True))
     single_topic = {r.scenario for r in result.scenarios
                     if expected_detector(r.scenario) not in STAGE_DETECTORS} - {"borrow_and_vanish"}
     assert {r.scenario: r.recall for r in offline.scenarios if r.scenario in single_topic} == \
@@ -73,3 +73,26 @@ async def test_evaluate_scores_the_scenarios_through_a_real_worker(
     keyed = {"velocity", "structuring", "fan_out", "rapid_pass_through", "account_takeover"}
     assert {d.detector: d.alerts for d in offline.detectors if d.detector in keyed} == \
         {d.detector: d.alerts for d in result.detectors if d.detector in keyed}
+
+
+async def test_evaluate_replays_an_imported_history_and_scores_a_labels_csv(
+        kafka_bootstrap: str, tmp_path: Path) -> None:
+    from streams.importer import RowConverter, import_csv
+
+    hops = (0, 5, 2, 7, 4, 1, 6, 3)  # a ring of eight, in no ring order
+    source = tmp_path / "ring.csv"
+    source.write_text("ts,src,dst,amount,type,label,pattern,group\n" + "".join(
+        f"{1200 * n},ring-{a},ring-{(a + 1) % 8},9000.00,TRANSFER,1,cycle,r1\n"
+        for n, a in enumerate(hops)) + "9600,quiet-1,quiet-2,15.00,TRANSFER,1,fan_in,\n")
+    events, labels = tmp_path / "ring.jsonl", tmp_path / "ring-labels.csv"
+    import_csv(source, events, labels_out=labels, converter=RowConverter(currency="CNY"))
+    settings = Settings(broker=kafka_bootstrap, partitions=2)
+
+    result = await evaluate_live(settings, history=events, group_labels=load_label_csv(labels),
+                                 work_dir=tmp_path / "run")
+
+    assert result.events == 9 and result.labelled is not None
+    rows = {row.pattern: row for row in result.labelled.patterns}
+    assert (rows["cycle"].groups, rows["cycle"].caught) == (1, 1)
+    assert (rows["fan_in"].groups, rows["fan_in"].caught) == (1, 0)
+    assert "group recall" in result.table()

@@ -8,7 +8,8 @@ then checks what a user of the alert topic and the state would notice
 
 * every alert of an offline recount of the same bytes is on the alert topic,
   with the same content (``detected_at`` and ``feedback_probability`` aside;
-  the per-worker ``global_anomaly`` detector is not compared);
+  the derived stages' detectors are not compared), ``global_anomaly``'s
+  included: its model and budgets resume from each partition's record;
 * no alert id appears with two contents;
 * each account's velocity counters and monetary event count in the changelog
   equal the recount's, and so do its replay guard and detector states;
@@ -98,6 +99,8 @@ async def test_sigkill_at_random_moments_loses_and_changes_nothing(
                      "drain_after_last_send_s": round(drained, 1),
                      "elapsed_s": round(time.monotonic() - started, 1)})
     assert len(chaos.kills) == 5
+    # the global model and the budgets are compared: they raised alerts to compare
+    assert run.expected_by_detector.get("global_anomaly", 0) >= 5, run.expected_by_detector
     assert_all_checks_hold(run, worker.log_tail())
 
 

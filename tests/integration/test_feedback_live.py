@@ -14,6 +14,7 @@ import pytest
 
 from streams.broker import create_topics
 from streams.feedback import DEFAULT_MIN_FEEDBACK, publish_feedback
+from streams.settings import Settings
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ async def test_dispositions_are_learnt_counted_and_rank_later_alerts(
     decided = 2 * (DEFAULT_MIN_FEEDBACK // 2 + 2)  # a few more than the ranker needs
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         # a disposition of an alert nobody raised waits, then counts as unmatched
-        await publish_feedback(bootstrap, feedback_topic,
+        await publish_feedback(Settings(broker=bootstrap), feedback_topic,
                                {"alert_id": "e" * 32, "disposition": "true_positive"})
         messages = []
         for n in range(decided):
@@ -70,7 +71,7 @@ async def test_dispositions_are_learnt_counted_and_rank_later_alerts(
 
         for _, alert in sorted(first.items()):
             confirmed = alert["amount"] == CONFIRMED
-            await publish_feedback(bootstrap, feedback_topic, {
+            await publish_feedback(Settings(broker=bootstrap), feedback_topic, {
                 "alert_id": alert["alert_id"], "analyst": "analyst-7",
                 "disposition": "true_positive" if confirmed else "false_positive"})
         await produce(bootstrap, feedback_topic, [(b"x", b"{not json")])

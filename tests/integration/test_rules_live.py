@@ -16,6 +16,7 @@ import pytest
 from detectors.registry import DEFAULT_CONFIG
 from streams.broker import create_topics
 from streams.rules import CONFIG_KEY, publish_config
+from streams.settings import Settings
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,8 @@ async def test_a_new_version_reaches_every_worker_without_restart_and_a_bad_one_
         wait_for(lambda: sum(w.metric("txwatch_events_total", outcome="processed")
                              for w in (w1, w2)) == 6, 60, "the 6 payments processed")
 
-        assert await publish_config(bootstrap, topic, tighter("live-2")) is not None
+        published = await publish_config(Settings(broker=bootstrap), topic, tighter("live-2"))
+        assert published is not None
         for worker in (w1, w2):  # every worker, without a restart
             wait_for(lambda w=worker: w.metric("txwatch_config_info", version="live-2") == 1,
                      60, "live-2 in force on every worker")
@@ -123,7 +125,7 @@ async def test_a_new_version_reaches_every_worker_without_restart_and_a_bad_one_
 async def test_a_worker_started_later_judges_its_first_event_with_the_topic_version(
         env: dict[str, str], tmp_path: Path) -> None:
     bootstrap, topic = env["TXWATCH_BROKER"], env["TXWATCH_CONFIG_TOPIC"]
-    await publish_config(bootstrap, topic, tighter("live-9", minute_count=4))
+    await publish_config(Settings(broker=bootstrap), topic, tighter("live-9", minute_count=4))
     # events waiting before the worker starts: the topic's rules must already apply to them
     await produce(bootstrap, env["TXWATCH_PAYMENTS_TOPIC"], burst("acct-early", 5))
     with WorkerProcess(env, tmp_path / "worker.log"):
@@ -161,3 +163,22 @@ async def test_the_rules_command_validates_publishes_and_shows(
     assert shown.returncode == 0, shown.stderr
     assert orjson.loads(shown.stdout) == tighter("cli-1")
     assert "version cli-1" in shown.stderr
+
+
+async def test_a_calibrated_configuration_round_trips_through_rules_publish(
+        env: dict[str, str], tmp_path: Path) -> None:
+    from streams import simulate
+    from streams.calibrate import calibrate
+
+    history = tmp_path / "history.jsonl"
+    simulate.write_jsonl(simulate.generate(5, accounts=300, events=3_000), history)
+    fitted = calibrate(history, 0.5)
+    out = tmp_path / "calibrated.json"
+    out.write_bytes(orjson.dumps(fitted.config))
+
+    published = await asyncio.to_thread(rules_cli, env, "publish", str(out))
+    assert published.returncode == 0, published.stderr
+    assert f"published version {fitted.config['version']}" in published.stdout
+    shown = await asyncio.to_thread(rules_cli, env, "show")
+    assert shown.returncode == 0, shown.stderr
+    assert orjson.loads(shown.stdout) == fitted.config

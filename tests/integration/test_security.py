@@ -4,6 +4,10 @@
   from a throw-away CA made by ``tests/support/tls.py``): the worker connects
   with credentials from its environment and works; with a wrong password or
   without trusting the CA it stops at once with a message naming the cause.
+* The rules and feedback paths over SASL_SSL: ``txwatch rules publish`` and
+  ``txwatch feedback`` reach the broker with the worker's credentials, and the
+  worker's own rules and feedback followers read them (the new version judges
+  the next event, the disposition is learnt).
 * A run on personal data: every clear value of ``device_id``, ``ip``,
   ``phone`` and ``national_id`` sent (in good events, in malformed ones, in
   ones whose JSON does not even parse) is searched for in every topic the run
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import hashlib
 import secrets
 import subprocess
@@ -27,12 +32,13 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from detectors.registry import DEFAULT_CONFIG
 from streams.broker import LocalKafka, SecureListener, create_topics
 from streams.events import PII_FIELDS
 from streams.simulate import generate, topic_for
 from tests.support import faults
 from tests.support.tls import TestPki, make_test_pki, sasl_ssl_client
-from tests.support.worker import WorkerProcess, wait_for, worker_env
+from tests.support.worker import WorkerProcess, consume_until, wait_for, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -129,6 +135,65 @@ async def test_worker_works_over_sasl_ssl_with_credentials_from_the_environment(
         log = worker.log_path.read_text(errors="replace")
     assert {orjson.loads(r.value)["detector"] for r in alerts} >= {"velocity"}
     assert secure_broker.password not in log
+
+
+def txwatch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+async def test_rules_and_feedback_are_published_and_followed_over_sasl_ssl(
+        secure_broker: SecureBroker, topic_prefix: str, tmp_path: Path) -> None:
+    env = secure_broker.worker_env(topic_prefix, tmp_path)
+    bootstrap, client = env["TXWATCH_BROKER"], secure_broker.client()
+    settings = faults.worker_settings(env)
+    await create_topics(bootstrap, [*settings.input_topics, settings.alert_topic,
+                                    settings.dead_letter_topic], partitions=2, client=client)
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["version"] = "sasl-2"
+    config["detectors"]["velocity"]["params"]["limits"]["1m"].update(count=4, distinct_cp=4)
+    config_file = tmp_path / "rules.json"
+    config_file.write_bytes(orjson.dumps(config))
+    # 6 payments in 15 s to one merchant: under the default limit of 10 a minute, over 4
+    burst = [faults.Message(settings.payments_topic, b"acct-rules", orjson.dumps({
+        "event_id": f"rules-{i}", "event_type": "payment", "account_id": "acct-rules",
+        "occurred_at": f"2026-03-01T09:00:{3 * i:02d}Z", "amount": "20.00",
+        "currency": "CNY", "counterparty_id": "merchant-1"})) for i in range(6)]
+
+    def velocity(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r["detector"] == "velocity"
+                and r["account_id"] == "acct-rules"]
+
+    with WorkerProcess(env, tmp_path / "worker.log") as worker:
+        await asyncio.to_thread(wait_for, lambda: worker.metric(
+            "txwatch_config_info", version=DEFAULT_CONFIG["version"]) == 1, 60,
+            "the packaged version in force")
+        published = await asyncio.to_thread(txwatch, env, "rules", "publish", str(config_file))
+        assert published.returncode == 0, published.stderr
+        await asyncio.to_thread(wait_for, lambda: worker.metric(
+            "txwatch_config_info", version="sasl-2") == 1, 60,
+            "the published version in force on the worker")
+        shown = await asyncio.to_thread(txwatch, env, "rules", "show")
+        assert shown.returncode == 0, shown.stderr
+        assert orjson.loads(shown.stdout)["version"] == "sasl-2"
+
+        await faults.publish(bootstrap, burst, security=client)
+        records = await consume_until(bootstrap, settings.alert_topic,
+                                      lambda rs: bool(velocity(rs)), security=client)
+        [alert] = velocity(records)
+        assert alert["config_version"] == "sasl-2"
+        assert alert["event_ids"] == ["rules-3"]  # the 4th payment reaches the new limit
+
+        disposed = await asyncio.to_thread(txwatch, env, "feedback", alert["alert_id"],
+                                           "true_positive", "--analyst", "analyst-sasl")
+        assert disposed.returncode == 0, disposed.stderr
+        await asyncio.to_thread(wait_for, lambda: worker.metric(
+            "txwatch_feedback_total", disposition="true_positive") == 1, 60,
+            "the disposition learnt by the worker")
+        log = worker.log_path.read_text(errors="replace")
+    # the followers' warnings when a broker refuses them (streams/rules.py, streams/feedback.py)
+    assert "rules: cannot read" not in log and "feedback: reading" not in log, log[-2000:]
+    assert secure_broker.password not in log + published.stdout + disposed.stdout
 
 
 def test_wrong_password_stops_the_worker_at_once_with_the_cause(

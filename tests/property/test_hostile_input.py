@@ -35,7 +35,7 @@ from streams.simulate import generate
 from streams.state import AccountState
 from tests.support.faults import HOSTILE_FAMILIES, hostile_message, hostile_messages
 
-SETTINGS = Settings()
+SETTINGS = Settings(dev_mode=True)
 FUZZ_EXAMPLES = int(os.environ.get("TXWATCH_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

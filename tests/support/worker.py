@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
+
+from streams import clients
+from streams.settings import Settings
 
 METRICS_LINE = re.compile(rb"metrics on (http://\S+/metrics)")
 
@@ -32,6 +34,7 @@ def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
         "TXWATCH_DEAD_LETTER_TOPIC": f"{prefix}.dead-letters",
         "TXWATCH_CONFIG_TOPIC": f"{prefix}.config",
         "TXWATCH_FEEDBACK_TOPIC": f"{prefix}.feedback",
+        "TXWATCH_DEV_MODE": "1",  # the development PII key unless TXWATCH_PII_KEY is given
         "TXWATCH_METRICS_PORT": "0",
         "TXWATCH_SESSION_TIMEOUT": "6",
         "TXWATCH_REBALANCE_TIMEOUT": "6",
@@ -114,7 +117,8 @@ class WorkerProcess:
 
 async def produce(bootstrap: str, topic: str,
                   messages: Iterable[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = clients.producer(Settings(broker=bootstrap), acks=1, linger_ms=5,
+                                client_id="txwatch-test")
     await producer.start()
     try:
         for key, value in messages:
@@ -125,10 +129,14 @@ async def produce(bootstrap: str, topic: str,
 
 
 async def consume_until(bootstrap: str, topic: str, done: Callable[[list[Any]], bool],
-                        timeout: float = 90.0, decode: bool = True) -> list[Any]:
-    """Read ``topic`` from the beginning until ``done(records)`` or the deadline."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+                        timeout: float = 90.0, decode: bool = True,
+                        security: Mapping[str, Any] | None = None) -> list[Any]:
+    """Read ``topic`` from the beginning until ``done(records)`` or the deadline.
+
+    ``security``: aiokafka keywords for a secured listener (``tests/support/tls.py``).
+    """
+    consumer = clients.consumer(Settings(broker=bootstrap), topic, client_id="txwatch-test",
+                                **dict(security or {}))
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + timeout

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from detectors import DEFAULT_CONFIG, Blacklist, build_alerters
+from detectors import Blacklist, build_alerters
 from streams.codec import hash_pii
+from streams.rules import demo_config
 
 KEY = b"test-key"
 LISTED_ID = hash_pii(KEY, "110101199001011234")
@@ -48,11 +49,11 @@ def test_events_without_identities_or_an_empty_list_score_zero() -> None:
     ]
 
 
-def test_shipped_list_is_high_severity() -> None:
+def test_the_demo_list_is_high_severity() -> None:
     (alerter,) = build_alerters(
-        {"version": "t", "detectors": {"blacklist": DEFAULT_CONFIG["detectors"]["blacklist"]}}
+        {"version": "t", "detectors": {"blacklist": demo_config()["detectors"]["blacklist"]}}
     )
-    listed = DEFAULT_CONFIG["detectors"]["blacklist"]["params"]["hashes"][0]
+    listed = demo_config()["detectors"]["blacklist"]["params"]["hashes"][0]
     finding, _ = alerter.process_one(application(national_id_hash=listed))
     assert finding is not None
     assert finding.severity == "high"

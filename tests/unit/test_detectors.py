@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import pickle
 import random
 from decimal import Decimal
 from typing import Any
@@ -438,7 +437,7 @@ def test_global_anomaly_restore_refuses_other_parameters_and_garbage() -> None:
     with pytest.raises(ValueError, match="not a GlobalAnomaly snapshot"):
         detector.restore(b"not a pickle")
     with pytest.raises(ValueError, match="format this version reads"):
-        detector.restore(pickle.dumps({"format": 99}))
+        detector.restore({"format": 99})
 
 
 @pytest.mark.parametrize(
@@ -462,22 +461,23 @@ def test_global_anomaly_refuses_bad_parameters(params: dict[str, Any], message: 
 def test_default_config_builds_every_account_detector_as_documented() -> None:
     alerters = build_alerters(DEFAULT_CONFIG)
     summary = [
-        (a.name, a.threshold, a.severity, a.critical_threshold, a.learn_flagged) for a in alerters
+        (a.name, a.threshold, a.budget, a.severity, a.critical_threshold, a.learn_flagged)
+        for a in alerters
         if getattr(type(a.detector), "stage", "account") == "account"
     ]
     assert summary == [
-        ("velocity", 1.0, "high", None, True),
-        ("amount_outlier", 3.5, "medium", 8.0, False),
-        ("global_anomaly", 0.9, "low", None, False),
-        ("structuring", 1.0, "high", None, True),
-        ("rapid_pass_through", 0.8, "high", None, True),
-        ("fan_out", 1.0, "medium", None, True),
-        ("fund_segregation", 1.0, "critical", None, False),
-        ("precipitated_funds", 1.0, "medium", None, True),
-        ("account_takeover", 1.0, "high", None, False),
-        ("blacklist", 1.0, "high", None, False),
-        ("borrow_and_vanish", 0.8, "high", None, True),
-        ("spending_burst", 5.0, "high", None, False),
+        ("velocity", 1.0, None, "high", None, True),
+        ("amount_outlier", 3.5, 0.001, "medium", 8.0, False),
+        ("global_anomaly", 0.0, 0.002, "low", None, False),
+        ("structuring", 1.0, None, "high", None, True),
+        ("rapid_pass_through", 0.8, None, "high", None, True),
+        ("fan_out", 1.0, None, "medium", None, True),
+        ("fund_segregation", 1.0, None, "critical", None, False),
+        ("precipitated_funds", 1.0, None, "medium", None, True),
+        ("account_takeover", 1.0, None, "high", None, False),
+        ("blacklist", 1.0, None, "high", None, False),
+        ("borrow_and_vanish", 0.8, None, "high", None, True),
+        ("spending_burst", 5.0, None, "high", None, False),
     ]
     assert DEFAULT_CONFIG["version"] == "defaults-3"
 
@@ -498,7 +498,9 @@ def test_editing_the_config_later_does_not_reach_a_built_detector() -> None:
 
 
 def test_amount_outlier_over_the_critical_threshold_is_critical() -> None:
-    alerter = build_alerters(DEFAULT_CONFIG)[1]
+    spec = {k: v for k, v in DEFAULT_CONFIG["detectors"]["amount_outlier"].items()
+            if k != "budget"}
+    (alerter,) = build_alerters({"version": "v", "detectors": {"amount_outlier": spec}})
     assert isinstance(alerter.detector, AmountOutlier)
     state = _learn(alerter.detector, [10_000] * 20)
     x = {"event_type": "transfer", "amount_minor": 10**9, "is_outflow": True}
@@ -523,7 +525,7 @@ def _config(**spec: Any) -> dict[str, Any]:
         ({"version": "v", "detectors": {"velocity": 1.0}}, "detectors.velocity must be a mapping"),
         (
             {"version": "v", "detectors": {"amount_outlier": {}}},
-            "amount_outlier.threshold is required",
+            "amount_outlier.threshold is required unless a budget is given",
         ),
         (_config(threshold="4"), "detectors.amount_outlier.threshold must be a finite number"),
         (_config(threshold=True), "detectors.amount_outlier.threshold must be a finite number"),
@@ -533,6 +535,24 @@ def _config(**spec: Any) -> dict[str, Any]:
         (_config(critical_threshold="8"), "amount_outlier.critical_threshold must be a finite"),
         (_config(learn_flagged="yes"), "detectors.amount_outlier.learn_flagged must be true"),
         (_config(treshold=4.0), "detectors.amount_outlier: unknown key 'treshold'"),
+        (
+            {"version": "v", "detectors": {"amount_outlier": {"severity": "low"}}},
+            "detectors.amount_outlier.threshold is required unless a budget is given",
+        ),
+        (_config(budget=0), "detectors.amount_outlier.budget must be a fraction"),
+        (_config(budget=1.0), "detectors.amount_outlier.budget must be a fraction"),
+        (_config(budget="0.1%"), "detectors.amount_outlier.budget must be a fraction"),
+        (_config(budget=True), "detectors.amount_outlier.budget must be a fraction"),
+        (_config(segment_by=["currency"]), r"amount_outlier.segment_by applies only with a budget"),
+        (_config(min_scored=10), r"amount_outlier.min_scored applies only with a budget"),
+        (_config(budget=0.01, segment_by="currency"), "amount_outlier.segment_by must be a list"),
+        (_config(budget=0.01, segment_by=[""]), "amount_outlier.segment_by must be a list"),
+        (_config(budget=0.01, min_scored=0), "amount_outlier.min_scored must be an int >= 1"),
+        (_config(budget=0.01, min_scored=2.5), "amount_outlier.min_scored must be an int >= 1"),
+        (
+            {"version": "v", "detectors": {"cycle": {"budget": 0.01}}},
+            "detectors.cycle.budget: cycle runs in the flow stage",
+        ),
         (_config(params=[1]), "detectors.amount_outlier.params must be a mapping"),
         (_config(params={"halflife": 3}), "detectors.amount_outlier.params.halflife: unknown"),
         (_config(params={"half_life": -1}), "detectors.amount_outlier.params: half_life must be"),
@@ -558,3 +578,29 @@ def test_build_alerters_names_the_bad_key(config: Any, message: str) -> None:
 
 def test_build_alerters_accepts_an_empty_detector_list() -> None:
     assert build_alerters({"version": "none-1", "detectors": {}}) == []
+
+
+def test_global_anomaly_snapshot_is_small_json_and_restores_the_same_scores() -> None:
+    detector = GlobalAnomaly(window_size=50, warmup=50)
+    events = _transactions(400)
+    for x in events[:230]:
+        detector.learn_one(x)
+    raw = json.dumps(detector.snapshot())
+    assert len(raw) < 10_000
+    restored = GlobalAnomaly(window_size=50, warmup=50)
+    restored.restore(json.loads(raw))
+    for x in events[230:]:
+        assert restored.score_one(x) == detector.score_one(x)
+        restored.learn_one(x)
+        detector.learn_one(x)
+    assert restored.snapshot() == detector.snapshot()
+
+
+def test_global_anomaly_refuses_a_snapshot_of_other_trees() -> None:
+    detector = GlobalAnomaly(window_size=50, warmup=50)
+    for x in _transactions(60):
+        detector.learn_one(x)
+    snapshot = detector.snapshot()
+    snapshot["masses"]["shape"] += 1
+    with pytest.raises(ValueError, match="trees differ"):
+        GlobalAnomaly(window_size=50, warmup=50).restore(snapshot)

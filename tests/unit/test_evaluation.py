@@ -12,12 +12,17 @@ import pytest
 
 from detectors.registry import DEFAULT_CONFIG
 from streams.evaluation import (
+    GroupLabel,
     LabelledEvent,
     ScoredAlert,
     backtest,
+    is_label_csv,
+    load_label_csv,
     load_labels,
+    render_labelled,
     run_backtest,
     score,
+    score_labelled,
 )
 from streams.settings import Settings
 from streams.simulate import generate, write_jsonl
@@ -118,7 +123,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_backtest_scores_the_simulator_scenarios(history: tuple[Path, Path]) -> None:
     events, labels_path = history
-    result = backtest(events, settings=Settings())
+    result = backtest(events, settings=Settings(dev_mode=True))
     assert result.events == 6000 and result.dead_letters == 0
     assert result.config_version == DEFAULT_CONFIG["version"]
     rows = {row.scenario: row for row in result.scenarios}
@@ -128,7 +133,7 @@ def test_backtest_scores_the_simulator_scenarios(history: tuple[Path, Path]) -> 
     assert rows["velocity_burst"].median_delay_seconds is not None
     assert 0 < rows["velocity_burst"].median_delay_seconds < 60
     # the labels file gives the same ground truth as the events' label field
-    from_file = backtest(events, settings=Settings(), labels=load_labels(labels_path))
+    from_file = backtest(events, settings=Settings(dev_mode=True), labels=load_labels(labels_path))
     assert [r.recall for r in from_file.scenarios] == [r.recall for r in result.scenarios]
     assert [d.alerts for d in from_file.detectors] == [d.alerts for d in result.detectors]
 
@@ -139,8 +144,8 @@ def test_backtest_with_a_stricter_configuration_raises_fewer_alerts(
     strict = copy.deepcopy(DEFAULT_CONFIG)
     strict["version"] = "strict-1"
     strict["detectors"]["velocity"]["params"]["limits"]["1m"].update(count=50, distinct_cp=50)
-    default = backtest(events, settings=Settings())
-    tuned = backtest(events, strict, settings=Settings())
+    default = backtest(events, settings=Settings(dev_mode=True))
+    tuned = backtest(events, strict, settings=Settings(dev_mode=True))
     assert tuned.config_version == "strict-1"
     velocity = {d.detector: d.alerts for d in tuned.detectors}["velocity"]
     assert velocity < {d.detector: d.alerts for d in default.detectors}["velocity"]
@@ -157,19 +162,19 @@ def test_backtest_command_prints_the_table_and_refuses_bad_input(
         return argparse.Namespace(**{"file": events, "config": None, "labels": None,
                                      "json": False, **extra})
 
-    assert run_backtest(Settings(), args()) == 0
+    assert run_backtest(Settings(dev_mode=True), args()) == 0
     out = capsys.readouterr().out
     assert out.startswith("backtest: 6,000 events")
     assert "velocity_burst" in out and "precision" in out
 
-    assert run_backtest(Settings(), args(json=True)) == 0
+    assert run_backtest(Settings(dev_mode=True), args(json=True)) == 0
     assert orjson.loads(capsys.readouterr().out)["events"] == 6000
 
     bad = tmp_path / "bad.json"
     bad.write_bytes(orjson.dumps({"version": "x", "detectors": {"velocity": {}}}))
-    assert run_backtest(Settings(), args(config=bad)) == 2
+    assert run_backtest(Settings(dev_mode=True), args(config=bad)) == 2
     assert "detectors.velocity.threshold is required" in capsys.readouterr().err
-    assert run_backtest(Settings(), args(file=tmp_path / "nope.jsonl")) == 2
+    assert run_backtest(Settings(dev_mode=True), args(file=tmp_path / "nope.jsonl")) == 2
 
 
 def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: Path) -> None:
@@ -187,7 +192,7 @@ def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: P
     path = tmp_path / "ring.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
 
-    result = backtest(path, settings=Settings())
+    result = backtest(path, settings=Settings(dev_mode=True))
     rows = {row.scenario: row for row in result.scenarios}
     assert rows["cycle"].incidents == 1 and rows["cycle"].recall == 1.0
     cycle = {row.detector: row for row in result.detectors}["cycle"]
@@ -197,5 +202,159 @@ def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: P
     config = copy.deepcopy(DEFAULT_CONFIG)
     for name in ("cycle", "scatter_gather", "gather_scatter", "fan_in"):
         del config["detectors"][name]
-    off = backtest(path, config, settings=Settings())
+    off = backtest(path, config, settings=Settings(dev_mode=True))
     assert {row.scenario: row for row in off.scenarios}["cycle"].recall == 0.0
+
+
+# -- a labels CSV: any detector, per pattern and group ---------------------------------------
+
+
+def positioned(alert_id: str, detector: str, event_ids: tuple[str, ...],
+               position: int | None) -> ScoredAlert:
+    moment = at(60 * int(event_ids[0][1:])) if position is None else at(60 * position)
+    return ScoredAlert(alert_id, detector, event_ids, moment, position=position)
+
+
+GROUP_LABELS = [
+    *(GroupLabel(f"e{n}", "ring", "r1") for n in (0, 1, 2, 3)),
+    *(GroupLabel(f"e{n}", "ring", "r2") for n in (10, 11)),
+    *(GroupLabel(f"e{n}", "burst", "b1") for n in range(20, 25)),
+    *(GroupLabel(f"e{n}", "burst", "b2") for n in range(30, 35)),
+    GroupLabel("gone", "lost", "l1"),  # not in the history
+]
+#: event id -> (position in the history, event time): event eN is the Nth, N minutes in
+HISTORY = {label.event_id: (int(label.event_id[1:]), at(60 * int(label.event_id[1:])))
+           for label in GROUP_LABELS if label.event_id != "gone"}
+GROUP_ALERTS = [
+    positioned("A1", "cycle", ("e2", "e0"), 2),          # r1 at its third event: early
+    positioned("A1", "cycle", ("e2", "e0"), 2),          # again: counted once
+    positioned("A2", "cycle", ("e99",), 99),
+    positioned("A3", "velocity", ("e21",), 21),          # b1 at its second event: early
+    positioned("A4", "velocity", ("e34",), 34),          # b2 at its fifth event: late
+    positioned("A5", "velocity", ("e500",), 500),
+    positioned("A6", "global_anomaly", ("e34", "e33"), 34),
+    positioned("A7", "global_anomaly", ("e600",), 600),
+    positioned("A8", "global_anomaly", ("e601",), 601),
+]
+
+
+def test_a_labels_csv_is_scored_per_pattern_group_and_detector() -> None:
+    report = score_labelled(GROUP_LABELS, GROUP_ALERTS, events=2000, history=HISTORY,
+                            detectors=["cycle", "velocity", "global_anomaly", "fan_out"])
+    assert (report.alerts, report.on_labelled, report.labelled_events) == (8, 4, 17)
+    assert report.alerts_per_1000 == pytest.approx(4.0)
+    assert report.precision == pytest.approx(0.5)
+    assert report.missing_events == 1
+
+    rows = {row.pattern: row for row in report.patterns}
+    ring, burst, lost = rows["ring"], rows["burst"], rows["lost"]
+    assert (ring.groups, ring.caught, ring.caught_first_3) == (2, 1, 1)
+    assert (ring.group_recall, ring.first_3_share) == (0.5, 0.5)
+    assert (ring.labelled_events, ring.named_events) == (6, 2)
+    assert ring.event_recall == pytest.approx(1 / 3)
+    assert ring.caught_by == {"cycle": 1}
+    assert (burst.groups, burst.caught, burst.caught_first_3) == (2, 2, 1)
+    assert (burst.group_recall, burst.first_3_share) == (1.0, 0.5)
+    assert burst.event_recall == pytest.approx(0.3)  # e21, e33, e34 of ten
+    assert burst.caught_by == {"velocity": 2, "global_anomaly": 1}
+    assert (lost.groups, lost.caught, lost.first_3_share) == (1, 0, 0.0)
+
+    detectors = {row.detector: row for row in report.detectors}
+    assert (detectors["cycle"].alerts, detectors["cycle"].on_labelled) == (2, 1)
+    assert detectors["cycle"].alerts_per_1000 == pytest.approx(1.0)
+    assert detectors["cycle"].precision == pytest.approx(0.5)
+    assert detectors["velocity"].precision == pytest.approx(2 / 3)
+    assert detectors["velocity"].alerts_per_1000 == pytest.approx(1.5)
+    assert detectors["global_anomaly"].precision == pytest.approx(1 / 3)
+    assert (detectors["fan_out"].alerts, detectors["fan_out"].precision) == (0, None)
+
+    table = render_labelled(report)
+    assert "group recall" in table and "first 3" in table and "all detectors" in table
+    assert "1 labelled events are not in the history" in table
+
+
+def test_early_is_by_position_when_known_else_by_event_time() -> None:
+    labels = [GroupLabel(f"e{n}", "burst", "b") for n in range(5)]
+    history = {f"e{n}": (n, at(0)) for n in range(5)}  # one timestamp for all: coarse clock
+    late = ScoredAlert("L", "velocity", ("e4",), at(0), position=4)
+    same_time = ScoredAlert("L", "velocity", ("e4",), at(0))
+    assert score_labelled(labels, [late], events=5, history=history).patterns[0] \
+        .first_3_share == 0.0
+    assert score_labelled(labels, [same_time], events=5, history=history).patterns[0] \
+        .first_3_share == 1.0
+
+
+def test_a_labels_csv_keeps_label_1_rows_and_needs_its_columns(tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("event_id,label,pattern,group\ne1,1,ring,r1\ne2,0,,\ne3,1,,\n")
+    assert is_label_csv(path)
+    assert load_label_csv(path) == [GroupLabel("e1", "ring", "r1"),
+                                    GroupLabel("e3", "labelled", "labelled:e3")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("event_id,label\ne1,1\n")
+    with pytest.raises(ValueError, match="missing pattern, group"):
+        load_label_csv(bad)
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_bytes(b'{"event_id": "e1", "scenario": "cycle"}\n')
+    assert not is_label_csv(jsonl)
+
+
+RING_CSV = "ts,src,dst,amount,type,label,pattern,group\n" + "".join(
+    f"{1200 * n},ring-{a},ring-{(a + 1) % 8},9000.00,TRANSFER,1,cycle,\n"
+    for n, a in enumerate((0, 5, 2, 7, 4, 1, 6, 3))) + \
+    "9600,quiet-1,quiet-2,15.00,TRANSFER,1,fan_in,\n"
+
+
+def test_backtest_scores_an_imported_history_and_writes_its_alerts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A ring of eight imported from CSV: its group is caught, late; the alerts file holds it."""
+    from streams.alerts import Alert
+    from streams.importer import RowConverter, import_csv
+
+    source = tmp_path / "ring.csv"
+    source.write_text(RING_CSV.replace(",cycle,\n", ",cycle,ring-A\n"))
+    events, labels = tmp_path / "ring.jsonl", tmp_path / "ring-labels.csv"
+    import_csv(source, events, labels_out=labels, converter=RowConverter(currency="CNY"))
+    alerts_path = tmp_path / "alerts.jsonl"
+    args = argparse.Namespace(file=events, config=None, labels=labels, json=True,
+                              alerts=alerts_path)
+    assert run_backtest(Settings(dev_mode=True), args) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    report = result["labelled"]
+    rows = {row["pattern"]: row for row in report["patterns"]}
+    assert (rows["cycle"]["groups"], rows["cycle"]["caught"]) == (1, 1)
+    assert rows["cycle"]["caught_first_3"] == 0  # a ring closes at its eighth hop
+    assert "cycle" in rows["cycle"]["caught_by"]
+    assert (rows["fan_in"]["groups"], rows["fan_in"]["caught"]) == (1, 0)
+    assert report["events"] == 9 and report["missing_events"] == 0
+
+    written = [orjson.loads(line) for line in alerts_path.read_bytes().splitlines()]
+    assert len(written) == result["alerts"] == report["alerts"] > 0
+    assert all(set(record) == set(Alert.__slots__) for record in written)
+    # the closing hop, the eighth row, is named
+    assert any(r["detector"] == "cycle" and "e7" in r["event_ids"] for r in written)
+
+    args.json = False
+    assert run_backtest(Settings(dev_mode=True), args) == 0
+    assert "group recall" in capsys.readouterr().out
+
+
+def test_evaluate_takes_labels_only_with_a_history(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streams.evaluation import history_positions, run_evaluate
+    from streams.importer import import_csv
+
+    source = tmp_path / "ring.csv"
+    source.write_text(RING_CSV)
+    events, labels = tmp_path / "ring.jsonl", tmp_path / "ring-labels.csv"
+    import_csv(source, events, labels_out=labels)
+    args = argparse.Namespace(config=None, history=None, labels=labels)
+    assert run_evaluate(Settings(), args) == 2
+    assert "--labels needs --history" in capsys.readouterr().err
+    args = argparse.Namespace(config=None, history=tmp_path / "nope.jsonl", labels=labels)
+    assert run_evaluate(Settings(), args) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    positions = history_positions(events, load_label_csv(labels))
+    assert sorted(positions, key=lambda e: positions[e][0]) == [f"e{n}" for n in range(9)]
+    assert positions["e8"] == (8, datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=9600))

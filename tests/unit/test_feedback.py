@@ -241,7 +241,8 @@ def test_attach_feedback_gives_the_ranker_to_the_monitor_and_the_stages(tmp_path
     from streams.app import create_app
     from streams.feedback import attach_feedback
 
-    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2)
+    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2,
+                        dev_mode=True)
     runtime = create_app(settings)  # attaches the feedback watcher
     watcher = attach_feedback(runtime, registry=CollectorRegistry())
     assert attach_feedback(runtime) is watcher

@@ -672,7 +672,8 @@ def test_the_loan_table_recovers_loan_states_from_its_changelog(tmp_path: Path):
     from streams.app import create_app
     from streams.portfolio import TABLE_NAME, attach_portfolio
 
-    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2)
+    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2,
+                        dev_mode=True)
     runtime = create_app(settings)
     agent = attach_portfolio(runtime, registry=CollectorRegistry(),
                              portfolio_settings=PortfolioSettings(), config=CONFIG)

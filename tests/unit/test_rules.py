@@ -250,7 +250,8 @@ def test_attach_rules_wires_a_worker_once(tmp_path: Path) -> None:
     from streams.app import create_app
     from streams.rules import attach_rules
 
-    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2)
+    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2,
+                        dev_mode=True)
     runtime = create_app(settings)
     watcher = attach_rules(runtime, registry=CollectorRegistry())
     assert attach_rules(runtime) is watcher
@@ -265,6 +266,7 @@ def test_preload_without_a_broker_starts_with_the_file_version(
     from streams.rules import attach_rules, preload_rules
 
     settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2,
+                        dev_mode=True,
                         broker="127.0.0.1:9")
     runtime = create_app(settings)
     attach_rules(runtime, registry=CollectorRegistry())

@@ -24,6 +24,7 @@ import pytest
 from detectors.registry import DEFAULT_CONFIG, STAGE_DETECTORS, build_alerters
 from streams import simulate as sim
 from streams.events import EVENT_TYPES, LENDING_TYPES, Event
+from streams.rules import demo_config
 from streams.settings import Settings
 
 SETTINGS = Settings(payments_topic="t.payments", lending_topic="t.lending")
@@ -369,13 +370,14 @@ def test_account_takeover_empties_an_account_after_a_new_device_and_a_phone_chan
             assert timedelta(0) < after <= timedelta(minutes=30), account
 
 
-def test_the_shipped_blacklist_is_the_simulated_listed_people_under_the_development_key():
+def test_the_demo_blacklist_is_the_simulated_listed_people_under_the_development_key():
     codec = importlib.import_module("streams.codec")
-    key = Settings().pii_key.get().encode()
+    key = Settings(dev_mode=True).hashing_key()
     hashes = [
         codec.hash_pii(key, value) for person in sim.dishonest_persons() for value in person
     ]
-    assert shipped("blacklist")["hashes"] == hashes
+    assert demo_config()["detectors"]["blacklist"]["params"]["hashes"] == hashes
+    assert shipped("blacklist")["hashes"] == []  # the packaged defaults list nobody
     # The clear identities are generated, never written down: no id or phone in the code.
     assert len(sim.dishonest_persons()) == sim.DISHONEST_PERSONS
     assert all(len(national_id) == 18 for national_id, _ in sim.dishonest_persons())
@@ -419,12 +421,14 @@ def test_borrow_and_vanish_cashes_out_a_loan_and_is_past_due_without_repaying(sa
 
 def test_the_expected_detector_flags_each_scenario_through_the_worker_features(sample):
     """Decoded with the development key and featurised as the worker does, then scored by
-    the shipped detectors: each scenario's labelled events are flagged by its detector."""
+    the demo configuration's detectors: each scenario's labelled events are flagged by its
+    detector."""
     codec = importlib.import_module("streams.codec")
     features = importlib.import_module("streams.features")
     state_module = importlib.import_module("streams.state")
-    decoder = codec.Decoder(pii_key=Settings().pii_key.get().encode(), max_message_bytes=65536)
-    alerters = {alerter.name: alerter for alerter in build_alerters(DEFAULT_CONFIG)}
+    decoder = codec.Decoder(pii_key=Settings(dev_mode=True).hashing_key(),
+                            max_message_bytes=65536)
+    alerters = {alerter.name: alerter for alerter in build_alerters(demo_config())}
     accounts: dict[str, Any] = {}
     states: dict[tuple[str, str], Any] = {}
     caught: Counter[str] = Counter()
@@ -720,7 +724,7 @@ def test_the_expected_derived_stage_detector_catches_every_incident_offline(tmp_
         incident_every=500,
     )  # fmt: skip
     sim.write_jsonl(traffic, path)
-    result = evaluation.backtest(path, settings=Settings())
+    result = evaluation.backtest(path, settings=Settings(dev_mode=True))
     (row,) = [r for r in result.scenarios if r.scenario == scenario]
     assert row.incidents == traffic.incidents[scenario] == 3
     assert row.recall == 1.0
@@ -742,8 +746,9 @@ def test_rings_of_every_length_in_any_order_are_caught_offline(tmp_path):
     assert {len(ring) for ring in rings.values()} == set(range(3, 9))
     assert 0 < sum(not in_ring_order(ring) for ring in rings.values()) < len(rings)
     for result in (
-        evaluation.backtest(events, settings=Settings()),
-        evaluation.backtest(events, settings=Settings(), labels=evaluation.load_labels(labels)),
+        evaluation.backtest(events, settings=Settings(dev_mode=True)),
+        evaluation.backtest(events, settings=Settings(dev_mode=True),
+                            labels=evaluation.load_labels(labels)),
     ):
         (row,) = result.scenarios
         assert (row.incidents, row.recall) == (len(rings), 1.0)
