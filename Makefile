@@ -25,12 +25,15 @@ help:
 venv: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml
+	@echo "make: installing txwatch and its dev tools into $(VENV) (a minute or so on a fresh clone) ..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+	@echo "make: $(VENV) ready; the command is $(BIN)/txwatch (or '. $(BIN)/activate', then txwatch)"
 
 # development mode: the public PII key and the demo configuration (README, "Configuration")
 demo: venv
+	@echo "make: $(BIN)/txwatch demo (a fresh broker, worker and simulator; Ctrl-C stops all)"
 	TXWATCH_DEV_MODE=1 $(BIN)/txwatch demo
 
 # The prometheus-marked tests need promtool; `prometheus` provides it when it can.

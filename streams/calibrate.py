@@ -45,10 +45,11 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from detectors.registry import DEFAULT_CONFIG
+from streams.sensors import Sensor
 
 if TYPE_CHECKING:
     from streams.evaluation import Evaluation
-    from streams.rules import RuleSet
+    from streams.events import Event
     from streams.settings import Settings
 
 #: Weight of a detector's share of the budget, by its severity.
@@ -170,31 +171,33 @@ def render_calibration(result: Calibration) -> str:
 # -- recording scores ------------------------------------------------------------------------
 
 
-def _recording(scores: dict[str, _Scores]) -> Callable[[RuleSet], None]:
-    """An ``instrument`` hook for :func:`streams.evaluation.backtest` recording every score."""
+class ScoreRecorder(Sensor):
+    """A sensor keeping every positive score, with the account and event time it belongs to.
 
-    def instrument(rules: RuleSet) -> None:
-        alerters = list(rules.account)
-        for stage_alerters in rules.stages.values():
-            alerters.extend(stage_alerters)
-        for alerter in alerters:
-            _record_scores(alerter, scores[alerter.name])
+    The monitor reports a detector's score (``on_score``) while it judges an
+    event and the event itself (``on_event``) once every detector has judged
+    it, so scores wait for their event. The derived stages report scores
+    without an event; they are filed under the next one, which is harmless:
+    no cool-down applies to derived-stage detectors.
+    """
 
-    return instrument
+    def __init__(self) -> None:
+        self.scores: dict[str, _Scores] = defaultdict(_Scores)
+        self._pending: list[tuple[str, float]] = []
 
+    def on_score(self, detector: str, score: float) -> None:
+        self._pending.append((detector, score))
 
-def _record_scores(alerter: Any, into: _Scores) -> None:
-    process_one = alerter.process_one
+    def on_event(self, event: Event, outcome: str) -> None:
+        self.flush(event.account_id, int(event.occurred_at.timestamp()))
 
-    def recorded(x: Mapping[str, Any], state: Any = None) -> Any:
-        outcome = process_one(x, state)
-        score = alerter.last_score
-        if score > 0.0:
-            into.scored += 1
-            into.records.append((x.get("account_id"), int(x.get("ts") or 0), float(score)))
-        return outcome
-
-    alerter.process_one = recorded
+    def flush(self, account: str | None = None, ts: int = 0) -> None:
+        """File the scores waiting for their event under ``account`` at ``ts``."""
+        for name, score in self._pending:
+            scores = self.scores[name]
+            scores.scored += 1
+            scores.records.append((account, ts, float(score)))
+        self._pending.clear()
 
 
 # -- fitting ----------------------------------------------------------------------------------
@@ -325,7 +328,7 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
     build_rules(base)  # invalid input fails here, before an hour-long pass
     labels, group_labels = _load_labels(labels_path)
 
-    def run(document: Mapping[str, Any], scores: dict[str, _Scores] | None,
+    def run(document: Mapping[str, Any], recorder: ScoreRecorder | None,
             what: str) -> Evaluation:
         def say(line: str) -> None:
             if progress is not None:
@@ -333,13 +336,16 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
 
         if progress is not None:
             progress(f"{what}: running {path.name} through the detectors ...")
-        return backtest(path, document, settings=settings, labels=labels,
-                        group_labels=group_labels,
-                        progress=say if progress is not None else None,
-                        instrument=_recording(scores) if scores is not None else None)
+        result = backtest(path, document, settings=settings, labels=labels,
+                          group_labels=group_labels,
+                          progress=say if progress is not None else None, sensor=recorder)
+        if recorder is not None:
+            recorder.flush()
+        return result
 
-    scores: dict[str, _Scores] = defaultdict(_Scores)
-    before = run(base, scores, "pass 1 (scores at the current levels)")
+    recorder = ScoreRecorder()
+    before = run(base, recorder, "pass 1 (scores at the current levels)")
+    scores = recorder.scores
     accepted = before.events - before.dead_letters
     if accepted <= 0:
         message = (f"{path}: no event the worker accepts ({before.events:,} lines, "
@@ -380,8 +386,9 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
         rounds = round_ + 1
         fitted["version"] = "calibrated-pending"
         build_rules(fitted)
-        scores = defaultdict(_Scores)
-        after = run(fitted, scores, f"pass {round_ + 2} (checking the fitted levels)")
+        recorder = ScoreRecorder()
+        after = run(fitted, recorder, f"pass {round_ + 2} (checking the fitted levels)")
+        scores = recorder.scores
         current_counts = {row.detector: row.alerts for row in after.detectors}
         if sum(current_counts.values()) <= allowed:
             break

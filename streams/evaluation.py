@@ -86,9 +86,10 @@ import orjson
 
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
+from streams.rejects import RejectedLine, describe_rejected, numbered_lines
 
 if TYPE_CHECKING:
-    from streams.rules import RuleSet
+    from streams.sensors import Sensor
     from streams.settings import Settings
     from streams.simulate import Producer
 
@@ -753,7 +754,8 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
              group_labels: Sequence[GroupLabel] | None = None,
              alerts_out: BinaryIO | None = None,
              progress: Progress | None = None,
-             instrument: Callable[[RuleSet], None] | None = None) -> Evaluation:
+             sensor: Sensor | None = None,
+             rejected: list[RejectedLine] | None = None) -> Evaluation:
     """Run a JSON Lines history through the monitor offline and score its alerts.
 
     Parameters
@@ -775,9 +777,11 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         Receives every alert as JSON Lines, the record the worker publishes.
     progress
         Called with a line of text about every 2 s.
-    instrument
-        Called with the rule set before the first event, to observe its
-        alerters (``txwatch calibrate`` records every score this way).
+    sensor
+        Observability hooks for the monitor and the derived stages
+        (``txwatch calibrate`` records every score with one).
+    rejected
+        Receives each dead-lettered line's number, reason and detail.
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
@@ -790,19 +794,17 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     if config is None:
         config = detector_config(settings)
     rules = build_rules(config, STAGES)
-    if instrument is not None:
-        instrument(rules)
     decoder = Decoder(pii_key=settings.hashing_key(),
                       max_message_bytes=settings.max_message_bytes,
                       clear_dead_letter_payload=settings.dead_letter_clear_payload)
     # The derived stages run in line: each event's records go through their stage
     # (and the records that stage sends on, a flow relay wave) before the next event,
     # as if every internal topic were one partition consumed without lag.
-    stages = build_stages(rules.stages, rules.version)
+    stages = build_stages(rules.stages, rules.version, sensor)
     stage_states: dict[str, dict[bytes, Any]] = {name: {} for name in stages}
     stage_offsets = dict.fromkeys(stages, -1)
     derive = stage_deriver(stages, stage_states.get(FLOW)) if stages else None
-    monitor = Monitor(decoder, rules.account, rules.version, derive=derive)
+    monitor = Monitor(decoder, rules.account, rules.version, sensor=sensor, derive=derive)
     states: dict[bytes, AccountState] = {}
     found_labels: list[LabelledEvent] = []
     alerts: list[ScoredAlert] = []
@@ -811,7 +813,7 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     history: dict[str, tuple[int, datetime]] = {}
     source = path.name
     started = last_report = time.monotonic()
-    for offset, raw in enumerate(_lines(path)):
+    for offset, (line_number, raw) in enumerate(numbered_lines(path)):
         events += 1
         if labels is None and b'"label"' in raw:
             with contextlib.suppress(orjson.JSONDecodeError):
@@ -823,6 +825,9 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         outcome = monitor.process(raw, states, topic=source, partition=0, offset=offset)
         if outcome.dead_letter is not None:
             dead_letters += 1
+            if rejected is not None:
+                rejected.append(RejectedLine(line_number, outcome.dead_letter.reason,
+                                             outcome.dead_letter.detail))
         elif outcome.event is not None and outcome.event.event_id in wanted:
             history.setdefault(outcome.event.event_id, (offset, outcome.event.occurred_at))
         found = list(outcome.alerts)
@@ -1221,6 +1226,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
     if not args.file.exists():
         print(f"txwatch backtest: no such file: {args.file}", file=sys.stderr)
         return 2
+    rejected: list[RejectedLine] = []
     alerts_path: Path | None = getattr(args, "alerts", None)
     try:
         config = read_config_file(args.config) if args.config is not None else None
@@ -1235,7 +1241,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
                           if alerts_path is not None else None)
             result = backtest(args.file, config, settings=settings, labels=labels,
                               group_labels=group_labels, alerts_out=alerts_out,
-                              progress=_progress_to_stderr)
+                              progress=_progress_to_stderr, rejected=rejected)
     except (ValueError, OSError) as exc:
         print(f"txwatch backtest: {exc}", file=sys.stderr)
         return 2
@@ -1245,7 +1251,10 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
         print(result.table())
     if alerts_path is not None:
         _progress_to_stderr(f"backtest: {result.alerts:,} alerts written to {alerts_path}")
-    return 0
+    verbose, allow_bad = getattr(args, "verbose", False), getattr(args, "allow_bad", False)
+    for line in describe_rejected(rejected, result.events, args.file, verbose=verbose):
+        print(line, file=sys.stderr)
+    return 1 if rejected and not allow_bad else 0
 
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
@@ -1353,6 +1362,10 @@ def register_cli(subparsers: Any) -> None:
                                       "records the worker publishes")
     backtest_parser.add_argument("--json", action="store_true",
                                  help="print JSON instead of tables")
+    backtest_parser.add_argument("--allow-bad", action="store_true",
+                                 help="exit 0 even when lines were dead-lettered")
+    backtest_parser.add_argument("--verbose", action="store_true",
+                                 help="list every dead-lettered line (default: the first 5)")
     backtest_parser.set_defaults(func=run_backtest)
 
 

@@ -582,8 +582,8 @@ async def read_latest_config(settings: Settings, topic: str,
     from streams import clients
 
     consumer = clients.consumer(settings, client_id="txwatch-rules-show")
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a consumer that fails to start is closed too
         tp = TopicPartition(topic, 0)
         if topic not in await consumer.topics():  # also loads the topic's metadata
             return None

@@ -105,7 +105,7 @@ def backtests(
         if name not in done:
             path = tmp_path_factory.mktemp(name) / "history.jsonl"
             write_jsonl(history(name), path)
-            done[name] = backtest(path, DEFAULT_CONFIG, settings=Settings())
+            done[name] = backtest(path, DEFAULT_CONFIG, settings=Settings(dev_mode=True))
         return done[name]
 
     return run
@@ -145,7 +145,7 @@ def test_the_budget_check_fails_a_noisy_detector_and_reads_configured_budgets(
     noisy["detectors"]["global_anomaly"]["threshold"] = 0.0
     path = tmp_path / "history.jsonl"
     write_jsonl(variant_events("default", events=2_500, seed=SEED), path)
-    result = backtest(path, noisy, settings=Settings())
+    result = backtest(path, noisy, settings=Settings(dev_mode=True))
     assert "global_anomaly" in over_budget(result, noisy)
     alerting = next(row.detector for row in result.detectors
                     if row.detector != "global_anomaly" and row.alerts)
