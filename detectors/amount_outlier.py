@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from detectors.base import Features, KeyedDetector
+from detectors.counterparties import counterparty_token, remember
 from detectors.money import format_minor
+from detectors.params import fraction, non_negative_int
 
 #: A learnt log amount is clipped to this many standard deviations around the
 #: mean, so one extreme transaction (learnt when ``learn_flagged`` is on, or just
@@ -14,10 +16,10 @@ from detectors.money import format_minor
 WINSOR_SD: Final = 3.0
 
 # State layout: a JSON-able list, stored by the caller with the account.
-_N, _MEAN_LOG, _VAR_LOG, _MEAN_AMOUNT = range(4)
+_N, _MEAN_LOG, _VAR_LOG, _MEAN_AMOUNT, _PAYEES = range(5)
 
 
-class AmountOutlier(KeyedDetector[list[float]]):
+class AmountOutlier(KeyedDetector[list[Any]]):
     """How many standard deviations an amount sits above the account's usual.
 
     For each account the state holds exponentially weighted statistics of the
@@ -37,9 +39,17 @@ class AmountOutlier(KeyedDetector[list[float]]):
     missing): a top-up or a loan disbursement is not a payment, and one
     baseline for both is so wide that a real spike no longer stands out.
 
-    The state is ``[n, mean_log, var_log, mean_amount]``: the count of amounts
-    learnt (int) and three floats. ``mean_amount`` is a statistic in minor units;
-    it becomes money again (rounded to an int) only to be printed.
+    Counterparties count too: an amount going to a counterparty (or merchant)
+    among the account's ``known_counterparties`` most recent ones has its
+    score multiplied by ``known_counterparty_factor``: the rent paid to the
+    usual landlord is less strange than the same sum to a stranger.
+
+    The state is ``[n, mean_log, var_log, mean_amount, payees]``: the count of
+    amounts learnt (int), three floats and at most ``known_counterparties``
+    tokens of 8 hex digits (about 160 bytes of JSON with the defaults; a state
+    of the four numbers alone, from before, is read as knowing no payee).
+    ``mean_amount`` is a statistic in minor units; it becomes money again
+    (rounded to an int) only to be printed.
 
     Parameters
     ----------
@@ -55,6 +65,10 @@ class AmountOutlier(KeyedDetector[list[float]]):
         even after a perfectly constant history.
     outflows_only
         Score and learn only money going out of the account (``is_outflow``).
+    known_counterparties
+        Counterparties remembered per account (the most recent); 0: none.
+    known_counterparty_factor
+        Factor on the score of an amount going to a remembered counterparty.
 
     Examples
     --------
@@ -85,6 +99,8 @@ class AmountOutlier(KeyedDetector[list[float]]):
         min_history: int = 5,
         sd_floor: float = 0.5,
         outflows_only: bool = True,
+        known_counterparties: int = 8,
+        known_counterparty_factor: float = 0.5,
     ) -> None:
         if isinstance(half_life, bool) or not isinstance(half_life, int | float):
             message = f"half_life must be a number of events, not {half_life!r}"
@@ -108,6 +124,10 @@ class AmountOutlier(KeyedDetector[list[float]]):
         self.min_history = min_history
         self.sd_floor = sd_floor
         self.outflows_only = outflows_only
+        non_negative_int("known_counterparties", known_counterparties)
+        fraction("known_counterparty_factor", known_counterparty_factor)
+        self.known_counterparties = known_counterparties
+        self.known_counterparty_factor = known_counterparty_factor
         # Weight of the newest amount once the history is longer than the half-life.
         self._alpha = 1.0 - 0.5 ** (1.0 / half_life)
 
@@ -118,22 +138,33 @@ class AmountOutlier(KeyedDetector[list[float]]):
         amount: int = x.get("amount_minor") or 0
         return amount
 
-    def new_state(self) -> list[float]:
-        return [0, 0.0, 0.0, 0.0]
+    def new_state(self) -> list[Any]:
+        return [0, 0.0, 0.0, 0.0, []]
 
-    def score_one(self, x: Features, state: list[float]) -> float:
+    def _known(self, x: Features, state: list[Any]) -> bool:
+        """Whether the event's counterparty is one the account paid recently."""
+        token = counterparty_token(x)
+        return token is not None and len(state) > _PAYEES and token in state[_PAYEES]
+
+    def score_one(self, x: Features, state: list[Any]) -> float:
         amount = self._amount(x)
         if amount <= 0 or state[_N] < self.min_history:
             return 0.0
         sd = max(math.sqrt(state[_VAR_LOG]), self.sd_floor)
         z = (math.log(amount) - state[_MEAN_LOG]) / sd
-        return z if z > 0.0 else 0.0
+        if z <= 0.0:
+            return 0.0
+        return z * self.known_counterparty_factor if self._known(x, state) else z
 
-    def learn_one(self, x: Features, state: list[float]) -> list[float]:
+    def learn_one(self, x: Features, state: list[Any]) -> list[Any]:
         amount = self._amount(x)
         if amount <= 0:
             return state
-        n, mean_log, var_log, mean_amount = state
+        n, mean_log, var_log, mean_amount = state[:_PAYEES]
+        payees: list[str] = list(state[_PAYEES]) if len(state) > _PAYEES else []
+        token = counterparty_token(x)
+        if token is not None and self.known_counterparties:
+            remember(payees, token, self.known_counterparties)
         value = math.log(amount)
         learnt_amount = float(amount)
         if n >= self.min_history:
@@ -151,9 +182,9 @@ class AmountOutlier(KeyedDetector[list[float]]):
         mean_log += step
         var_log = (1.0 - alpha) * (var_log + diff * step)
         mean_amount += alpha * (learnt_amount - mean_amount)
-        return [n, mean_log, var_log, mean_amount]
+        return [n, mean_log, var_log, mean_amount, payees]
 
-    def explain_one(self, x: Features, state: list[float], score: float) -> list[str]:
+    def explain_one(self, x: Features, state: list[Any], score: float) -> list[str]:
         amount = self._amount(x)
         n = int(state[_N])
         if amount <= 0:
@@ -165,7 +196,16 @@ class AmountOutlier(KeyedDetector[list[float]]):
         ratio = amount / usual
         times = f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
         noun = "transaction" if n == 1 else "transactions"
-        return [
+        known = self._known(x, state)
+        sd = max(math.sqrt(state[_VAR_LOG]), self.sd_floor)
+        z = max(0.0, (math.log(amount) - state[_MEAN_LOG]) / sd)
+        reasons = [
             f"amount {format_minor(amount)} is {times} this account's usual"
-            f" {format_minor(usual)} (z={score:.1f} over {n} earlier {noun})"
+            f" {format_minor(usual)} (z={z:.1f} over {n} earlier {noun})"
         ]
+        if known:
+            reasons.append(
+                f"to a counterparty among the {len(state[_PAYEES])} it paid most recently:"
+                f" score {z:.1f} x {self.known_counterparty_factor:g} = {score:.1f}"
+            )
+        return reasons

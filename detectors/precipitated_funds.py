@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar, Final
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Final
 
 from detectors.base import Features, KeyedDetector
+from detectors.limits import MoneyLimits, currency_of
 from detectors.money import format_minor
 from detectors.params import optional_int, positive_int
 from detectors.timeline import format_duration, format_time
@@ -16,6 +17,7 @@ ABOVE_SINCE: Final = 1
 REPORTED: Final = 2
 DEFICIT: Final = 3
 DEFICIT_TS: Final = 4
+EPISODE_LIMIT: Final = 5
 #: ``ABOVE_SINCE`` when the balance is at or below the limit.
 NOT_ABOVE: Final = -1
 
@@ -27,7 +29,7 @@ def balance_minor(state: Sequence[int] | None) -> int:
 
     Examples
     --------
-    >>> balance_minor([4_800_000, -1, 0, 0, 0])
+    >>> balance_minor([4_800_000, -1, 0, 0, 0, 0])
     4800000
     >>> balance_minor(None)
     0
@@ -52,7 +54,15 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
     arrives late) first covers the deficit, as it would have in event order,
     instead of inflating the balance.
 
-    When the balance rises above ``balance_limit_minor`` the episode starts
+    The balance limit is money, so it is per currency (``currency_limits``,
+    limit name ``balance_limit``; the currency is the event's, an account is
+    assumed to hold one). In a currency without one, it is the
+    ``learnt_quantile`` of the positive running balances seen after events in
+    that currency, once ``min_population`` of them have been seen (see
+    :mod:`detectors.limits`); no episode starts before. Learnt limits are the
+    detector's global state (:meth:`snapshot`).
+
+    When the balance rises above the limit the episode starts
     (its event time is kept); when it falls back to the limit or below, the
     episode ends. Without timers, the detector learns that the dwell time has
     passed from the account's next event: an event at ``ts`` during an episode
@@ -69,7 +79,7 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
     not (:attr:`keeps_ledger`): the registry builds this detector with
     ``learn_flagged`` on.
 
-    State layout, a list of five ints (indices are module constants):
+    State layout, a list of six ints (indices are module constants):
 
     * ``state[BALANCE]``: the running balance in minor units, >= 0. Read it
       with :func:`balance_minor` to export totals as metrics;
@@ -77,33 +87,43 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
       ``-1`` (:data:`NOT_ABOVE`);
     * ``state[REPORTED]``: 1 once the current episode has been reported, else 0;
     * ``state[DEFICIT]``: outflows not covered by the balance, minor units;
-    * ``state[DEFICIT_TS]``: event time of the latest of those outflows.
+    * ``state[DEFICIT_TS]``: event time of the latest of those outflows;
+    * ``state[EPISODE_LIMIT]``: the limit the balance rose above, minor units
+      (0 outside an episode), so that a login, which carries no currency, is
+      judged and explained with it. States of five ints (before it) are read too.
 
     Events without ``ts`` change nothing.
 
     Parameters
     ----------
-    balance_limit_minor
-        Balance in minor units above which a wallet's dwell time counts.
+    currency_limits
+        Currency to ``{"balance_limit": minor units}``: the balance above which a
+        wallet's dwell time counts.
     max_dwell_seconds
         How long a balance may stay above the limit before it is reported.
+    learnt_quantile
+        Quantile of a currency's balances used as its limit where none is configured.
+    min_population
+        Balances of a currency to see before its learnt limit applies.
 
     Examples
     --------
-    >>> detector = PrecipitatedFunds(balance_limit_minor=5_000_000, max_dwell_seconds=259_200)
+    >>> detector = PrecipitatedFunds(currency_limits={"CNY": {"balance_limit": 5_000_000}},
+    ...                              max_dwell_seconds=259_200)
     >>> state = detector.new_state()
     >>> monday = 1_709_510_400
     >>> top_up = {"event_type": "top_up", "amount_minor": 12_000_000, "is_inflow": True,
-    ...           "ts": monday}
+    ...           "currency": "CNY", "ts": monday}
     >>> state = detector.learn_one(top_up, state)
     >>> balance_minor(state)
     12000000
-    >>> login = {"event_type": "login", "amount_minor": 0, "ts": monday + 4 * 86_400}
+    >>> login = {"event_type": "login", "amount_minor": 0, "currency": "CNY",
+    ...          "ts": monday + 4 * 86_400}
     >>> score = detector.score_one(login, state)
     >>> round(score, 2)
     1.33
     >>> print(*detector.explain_one(login, state, score), sep="\\n")
-    balance 120,000.00 has stayed above the 50,000.00 limit for 4 d, since 2024-03-04 00:00 UTC (dwell limit 3 d)
+    balance 120,000.00 has stayed above the 50,000.00 limit (configured for CNY) for 4 d, since 2024-03-04 00:00 UTC (dwell limit 3 d)
     >>> state = detector.learn_one(login, state)
     >>> detector.score_one({**login, "ts": monday + 5 * 86_400}, state)
     0.0
@@ -114,15 +134,38 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
     keeps_ledger: ClassVar[bool] = True
 
     def __init__(
-        self, balance_limit_minor: int = 5_000_000, max_dwell_seconds: int = 259_200
+        self,
+        currency_limits: Mapping[str, Mapping[str, int]] | None = None,
+        max_dwell_seconds: int = 259_200,
+        learnt_quantile: float = 0.99,
+        min_population: int = 1_000,
     ) -> None:
-        positive_int("balance_limit_minor", balance_limit_minor)
         positive_int("max_dwell_seconds", max_dwell_seconds)
-        self.balance_limit_minor = balance_limit_minor
+        self._money = MoneyLimits(
+            ("balance_limit",), currency_limits or {}, learnt_quantile, min_population
+        )
+        self.currency_limits = currency_limits
         self.max_dwell_seconds = max_dwell_seconds
+        self.learnt_quantile = learnt_quantile
+        self.min_population = min_population
+
+    def balance_limit_for(self, currency: str) -> int | None:
+        """The balance limit in ``currency`` (minor units), ``None`` while it is not known."""
+        return self._money.limit(currency, "balance_limit")
+
+    @property
+    def balance_limit_minor(self) -> int:
+        """The smallest configured balance limit, for wallet gauges that take one number.
+
+        Prefer :meth:`balance_limit_for`: limits are per currency. Without any
+        configured limit this is the largest int64, so nothing counts as above it.
+        """
+        configured = [limits["balance_limit"] for limits in self._money.configured.values()
+                      if "balance_limit" in limits]
+        return min(configured, default=2**63 - 1)
 
     def new_state(self) -> list[int]:
-        return [0, NOT_ABOVE, 0, 0, 0]
+        return [0, NOT_ABOVE, 0, 0, 0, 0]
 
     def _held(self, x: Features, state: list[int]) -> int | None:
         """Seconds the balance has been above the limit at this event, if it is past due."""
@@ -157,29 +200,61 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
                 state[BALANCE] = 0
             else:
                 state[BALANCE] -= amount
-        if state[BALANCE] > self.balance_limit_minor:
+        if amount <= 0 or not (x.get("is_inflow") or x.get("is_outflow")):
+            # Only money moving changes the balance, and only money has a currency
+            # (a login carries none): other events leave the episode as it is.
+            return state
+        currency = currency_of(x)
+        if state[BALANCE] > 0:
+            self._money.observe(currency, "balance_limit", state[BALANCE])
+        limit = self.balance_limit_for(currency)
+        if len(state) <= EPISODE_LIMIT:
+            state.append(0)
+        if limit is not None and state[BALANCE] > limit:
             if state[ABOVE_SINCE] == NOT_ABOVE:
                 state[ABOVE_SINCE] = ts
+                state[EPISODE_LIMIT] = limit
         else:
             state[ABOVE_SINCE] = NOT_ABOVE
             state[REPORTED] = 0
+            state[EPISODE_LIMIT] = 0
         return state
 
     def explain_one(self, x: Features, state: list[int], score: float) -> list[str]:
-        limit = format_minor(self.balance_limit_minor)
+        currency = currency_of(x)
+        known = self.balance_limit_for(currency)
+        if state[ABOVE_SINCE] != NOT_ABOVE and len(state) > EPISODE_LIMIT:
+            known = state[EPISODE_LIMIT]  # the limit the balance rose above
+        if known is None:
+            seen = self._money.population.count(currency, "balance_limit")
+            return [
+                f"not scored: no balance limit for {currency or 'money without a currency'} yet"
+                f" ({seen:,} of the {self.min_population:,} balances to learn it from)"
+            ]
+        limit = f"{format_minor(known)} limit"
+        if currency:
+            limit += f" ({self._money.source(currency, 'balance_limit')})"
         dwell = format_duration(self.max_dwell_seconds)
         balance = format_minor(state[BALANCE])
         ts = optional_int(x.get("ts"))
         above_since = state[ABOVE_SINCE]
         if above_since == NOT_ABOVE or ts is None:
-            return [f"balance {balance} is not above the {limit} limit"]
+            return [f"balance {balance} is not above the {limit}"]
         held = format_duration(ts - above_since)
         if state[REPORTED]:
             return [
-                f"balance {balance} above the {limit} limit for {held}; this episode was"
+                f"balance {balance} above the {limit} for {held}; this episode was"
                 f" reported already"
             ]
         return [
-            f"balance {balance} has stayed above the {limit} limit for {held}, since"
+            f"balance {balance} has stayed above the {limit} for {held}, since"
             f" {format_time(above_since)} (dwell limit {dwell})"
         ]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The learnt limits of currencies without a configured one (JSON-able)."""
+        return self._money.snapshot()
+
+    def restore(self, snapshot: Any) -> None:
+        """Put back what :meth:`snapshot` returned."""
+        self._money.restore(snapshot)

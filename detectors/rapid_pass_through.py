@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from detectors.base import Features, KeyedDetector
+from detectors.limits import MoneyLimits, currency_of
 from detectors.money import format_minor
 from detectors.params import optional_int, positive_int
 from detectors.timeline import KEPT_WINDOWS, format_duration
@@ -23,12 +25,19 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
     transfers, withdrawals, pledges).
 
     For an outgoing event at time ``ts`` the detector sums the inflows of the
-    window ending at ``ts``; when they reach ``min_inflow_minor`` it sums the
+    window ending at ``ts``; when they reach the currency's ``min_inflow`` it sums the
     outflows since the first of those inflows, this one included, and scores
     ``min(out, in) / in``: the share of the incoming money that has left, from
     0.0 to 1.0 (an account spending more than it received scores 1.0, not
     more). Incoming events, events without an amount or without ``ts`` score
     0.0. The configured threshold is the share that alerts (0.8: 80% gone).
+
+    ``min_inflow`` is money, so it is per currency (``currency_limits``); in a
+    currency without one it is the ``learnt_quantile`` of the window inflows
+    seen at outgoing events in that currency (events with no inflow in their
+    window not counted), once ``min_population`` of them have been seen (see
+    :mod:`detectors.limits`); nothing is judged before. Learnt limits are the
+    detector's global state (:meth:`snapshot`).
 
     Time is counted in buckets of ``bucket_seconds``: the window covers
     between ``window_seconds`` and ``window_seconds + bucket_seconds``, and
@@ -56,27 +65,35 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
     ----------
     window_seconds
         How far back the inflows are looked for, in seconds of event time.
-    min_inflow_minor
-        Inflows within the window below this total (minor units) are not
-        judged: small change passing through is ordinary.
+    currency_limits
+        Currency to ``{"min_inflow": minor units}``: inflows within the window
+        below this total are not judged (small change passing through is ordinary).
     bucket_seconds
         Width of the time buckets; smaller is more exact, and a larger state.
+    learnt_quantile
+        Quantile of a currency's window inflows used as its ``min_inflow`` where none is
+        configured.
+    min_population
+        Window inflows of a currency to see before its learnt ``min_inflow`` applies.
 
     Examples
     --------
-    >>> detector = RapidPassThrough(window_seconds=1_800, min_inflow_minor=1_000_000)
+    >>> detector = RapidPassThrough(window_seconds=1_800,
+    ...                             currency_limits={"CNY": {"min_inflow": 1_000_000}})
     >>> state = detector.new_state()
     >>> noon = 1_709_553_600
     >>> top_up = {"event_type": "top_up", "amount_minor": 5_000_000, "is_inflow": True,
-    ...           "ts": noon}
+    ...           "currency": "CNY", "ts": noon}
     >>> state = detector.learn_one(top_up, state)
     >>> out = {"event_type": "withdrawal", "amount_minor": 4_600_000, "is_outflow": True,
-    ...        "ts": noon + 720}
+    ...        "currency": "CNY", "ts": noon + 720}
     >>> detector.score_one(out, state)
     0.92
     >>> print(*detector.explain_one(out, state, 0.92), sep="\\n")
-    92% of the 50,000.00 received in the last 30 min has left again: 46,000.00 out within about 12 min of the first inflow, this withdrawal of 46,000.00 included
+    92% of the 50,000.00 received in the last 30 min has left again: 46,000.00 out within about 12 min of the first inflow, this withdrawal of 46,000.00 included (judged from 10,000.00, configured for CNY)
     >>> detector.score_one({**out, "ts": noon + 3 * 3_600}, state)
+    0.0
+    >>> detector.score_one({**out, "currency": "USD"}, state)  # no USD limit learnt yet
     0.0
     """  # noqa: E501 - a doctest's expected output is one line
 
@@ -87,11 +104,12 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
     def __init__(
         self,
         window_seconds: int = 1_800,
-        min_inflow_minor: int = 1_000_000,
+        currency_limits: Mapping[str, Mapping[str, int]] | None = None,
         bucket_seconds: int = 60,
+        learnt_quantile: float = 0.99,
+        min_population: int = 1_000,
     ) -> None:
         positive_int("window_seconds", window_seconds)
-        positive_int("min_inflow_minor", min_inflow_minor)
         positive_int("bucket_seconds", bucket_seconds)
         if bucket_seconds > window_seconds:
             message = (
@@ -99,9 +117,14 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
                 f" ({window_seconds})"
             )
             raise ValueError(message)
+        self._money = MoneyLimits(
+            ("min_inflow",), currency_limits or {}, learnt_quantile, min_population
+        )
         self.window_seconds = window_seconds
-        self.min_inflow_minor = min_inflow_minor
+        self.currency_limits = currency_limits
         self.bucket_seconds = bucket_seconds
+        self.learnt_quantile = learnt_quantile
+        self.min_population = min_population
         # Buckets before the current one that the window reaches into.
         self._span = -(-window_seconds // bucket_seconds)
 
@@ -139,7 +162,8 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
         if outgoing is None:
             return 0.0
         inflow, outflow, _ = self._passed(state, *outgoing)
-        if inflow < self.min_inflow_minor:
+        min_inflow = self._money.limit(currency_of(x), "min_inflow")
+        if min_inflow is None or inflow < min_inflow or inflow <= 0:
             return 0.0
         return min(outflow, inflow) / inflow
 
@@ -152,6 +176,10 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
             column = _IN
         elif x.get("is_outflow"):
             column = _OUT
+            currency = currency_of(x)
+            if self._money.learns(currency, "min_inflow"):
+                inflow, _, _ = self._passed(state, ts, amount)
+                self._money.observe(currency, "min_inflow", inflow)
         else:
             return state
         index = ts // self.bucket_seconds
@@ -176,15 +204,33 @@ class RapidPassThrough(KeyedDetector[list[list[int]]]):
         ts, amount = outgoing
         inflow, outflow, first = self._passed(state, ts, amount)
         window = format_duration(self.window_seconds)
-        if inflow < self.min_inflow_minor:
+        currency = currency_of(x)
+        min_inflow = self._money.limit(currency, "min_inflow")
+        if min_inflow is None:
+            seen = self._money.population.count(currency, "min_inflow")
+            return [
+                f"not scored: no min_inflow for {currency or 'money without a currency'} yet"
+                f" ({seen:,} of the {self.min_population:,} window inflows to learn it from)"
+            ]
+        if inflow < min_inflow:
             return [
                 f"{format_minor(inflow)} received in the last {window}, below the"
-                f" {format_minor(self.min_inflow_minor)} judged"
+                f" {format_minor(min_inflow)} judged ({self._money.source(currency, 'min_inflow')})"
             ]
         since = ts - first * self.bucket_seconds
+        source = self._money.source(currency, "min_inflow")
         event_type = x.get("event_type") or "outflow"
         return [
             f"{score:.0%} of the {format_minor(inflow)} received in the last {window} has left"
             f" again: {format_minor(outflow)} out within about {format_duration(since)} of the"
             f" first inflow, this {event_type} of {format_minor(amount)} included"
+            f" (judged from {format_minor(min_inflow)}, {source})"
         ]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The learnt limits of currencies without a configured one (JSON-able)."""
+        return self._money.snapshot()
+
+    def restore(self, snapshot: Any) -> None:
+        """Put back what :meth:`snapshot` returned."""
+        self._money.restore(snapshot)

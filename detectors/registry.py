@@ -34,12 +34,18 @@ scale of the traffic. Without one, the fixed threshold alone decides.
 traced to the thresholds that raised it; change it whenever anything else here
 changes.
 
-A detector whose class sets ``keeps_ledger = True`` (``structuring``,
-``rapid_pass_through``, ``fan_out``, ``precipitated_funds``,
+A detector whose class sets ``keeps_ledger = True`` (``velocity``,
+``structuring``, ``rapid_pass_through``, ``fan_out``, ``precipitated_funds``,
 ``borrow_and_vanish``) keeps facts in its state, amounts and counterparties
-in a window, a balance or open loans, that every event must update whether
-or not it was flagged: its ``learn_flagged`` defaults to true and may not be
-set to false.
+in a window, a balance, open loans or the population its learnt limits come
+from, that every event must update whether or not it was flagged: its
+``learn_flagged`` defaults to true and may not be set to false.
+
+Money limits are per currency, in one shape for every detector that has
+them (see ``detectors/limits.py``): ``currency_limits`` maps a currency to
+``{limit name: minor units}``; in a currency without a configured limit the
+limit is the ``learnt_quantile`` of what the detector sees in that currency,
+once ``min_population`` values have been seen.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from detectors.base import SEVERITIES, Detector, KeyedDetector, ThresholdAlerter
 from detectors.blacklist import Blacklist
 from detectors.borrow_and_vanish import BorrowAndVanish
 from detectors.budget import DEFAULT_MIN_SCORED, DEFAULT_SEGMENT_BY
+from detectors.burst import SpendingBurst
 from detectors.crowdfunding import PayoutAfterSuspiciousPledges, PledgeChurn, SuspiciousPledging
 from detectors.fan_out import FanOut
 from detectors.flow import Cycle, FanIn, GatherScatter, ScatterGather
@@ -82,6 +89,7 @@ DETECTORS: Final[Mapping[str, type[Detector] | type[KeyedDetector[Any]]]] = {
         AccountTakeover,
         Blacklist,
         BorrowAndVanish,
+        SpendingBurst,
     )
 }
 
@@ -103,14 +111,20 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
     "version": "defaults-3",
     "detectors": {
         "velocity": {
+            # Sums are money, so they are per currency: 50,000.00 CNY a minute, 100,000.00
+            # an hour, 500,000.00 a day. Elsewhere each is the 99.9th percentile of the
+            # currency's window sums (of two payments or more) seen by the worker.
             "params": {
                 "limits": {
-                    # Sums in minor units: 50,000.00 a minute, 100,000.00 an hour,
-                    # 500,000.00 a day.
-                    "1m": {"count": 10, "sum": 5_000_000, "distinct_cp": 5},
-                    "1h": {"count": 30, "sum": 10_000_000, "distinct_cp": 20},
-                    "24h": {"count": 200, "sum": 50_000_000, "distinct_cp": 50},
-                }
+                    "1m": {"count": 10, "distinct_cp": 5},
+                    "1h": {"count": 30, "distinct_cp": 20},
+                    "24h": {"count": 200, "distinct_cp": 50},
+                },
+                "currency_limits": {
+                    "CNY": {"sum_1m": 5_000_000, "sum_1h": 10_000_000, "sum_24h": 50_000_000},
+                },
+                "learnt_quantile": 0.999,
+                "min_population": 1_000,
             },
             "threshold": 1.0,
             "severity": "high",
@@ -133,25 +147,31 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "severity": "low",
         },
         "structuring": {
-            # Three deposits or transfers of 45,000.00 to 49,999.99 within a day, under the
+            # Three deposits or transfers of 45,000.00 to 49,999.99 CNY within a day, under the
             # 50,000.00 cash reporting threshold of the PBoC's large-transaction rules.
+            # Elsewhere the threshold is the 99.9th percentile of the currency's amounts.
             "params": {
-                "threshold_minor": 5_000_000,
+                "currency_limits": {"CNY": {"threshold": 5_000_000}},
                 "band_fraction": 0.9,
                 "min_count": 3,
                 "window_seconds": 86_400,
                 "event_types": ["transfer", "top_up", "withdrawal"],
+                "learnt_quantile": 0.999,
+                "min_population": 1_000,
             },
             "threshold": 1.0,
             "severity": "high",
             "learn_flagged": True,
         },
         "rapid_pass_through": {
-            # 80% of at least 10,000.00 received gone again within 30 minutes.
+            # 80% of at least 10,000.00 CNY received gone again within 30 minutes; elsewhere
+            # of at least the 99th percentile of the currency's window inflows.
             "params": {
                 "window_seconds": 1_800,
-                "min_inflow_minor": 1_000_000,
+                "currency_limits": {"CNY": {"min_inflow": 1_000_000}},
                 "bucket_seconds": 60,
+                "learnt_quantile": 0.99,
+                "min_population": 1_000,
             },
             "threshold": 0.8,
             "severity": "high",
@@ -185,24 +205,32 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "severity": "critical",
         },
         "precipitated_funds": {
-            # More than 50,000.00 held for three days.
-            "params": {"balance_limit_minor": 5_000_000, "max_dwell_seconds": 259_200},
+            # More than 50,000.00 CNY held for three days; elsewhere more than the 99th
+            # percentile of the currency's balances.
+            "params": {
+                "currency_limits": {"CNY": {"balance_limit": 5_000_000}},
+                "max_dwell_seconds": 259_200,
+                "learnt_quantile": 0.99,
+                "min_population": 1_000,
+            },
             "threshold": 1.0,
             "severity": "medium",
             "learn_flagged": True,
         },
         "account_takeover": {
             # Within an hour of a credential change or a login from a new device: an outflow
-            # of at least 1,000.00 that is 10x the usual or 50,000.00. At 5x the usual,
-            # ordinary accounts of the simulator raised twice as many alerts for the same
-            # takeovers caught.
+            # of at least 1,000.00 CNY that is 10x the usual or 50,000.00 CNY (elsewhere: at
+            # least the currency's median outflow, and 10x the usual or its 99th percentile).
+            # At 5x the usual, ordinary accounts of the simulator raised twice as many alerts
+            # for the same takeovers caught.
             "params": {
                 "window_seconds": 3_600,
                 "known_devices": 8,
-                "large_outflow_minor": 5_000_000,
+                "currency_limits": {"CNY": {"large_outflow": 5_000_000, "min_outflow": 100_000}},
                 "usual_multiple": 10.0,
-                "min_outflow_minor": 100_000,
                 "min_history": 3,
+                "learnt_quantile": {"large_outflow": 0.99, "min_outflow": 0.5},
+                "min_population": 1_000,
             },
             "threshold": 1.0,
             "severity": "high",
@@ -230,6 +258,24 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             "threshold": 0.8,
             "severity": "high",
             "learn_flagged": True,
+        },
+        "spending_burst": {
+            # Outflows far above the account's own usual amounts and pace, to payees it never
+            # paid, adding up within hours (evidence halves every 4 hours). docs/bursts.md:
+            # the threshold against alerts, precision and early recall on two histories.
+            "params": {
+                "half_life": 30,
+                "min_history": 5,
+                "sd_floor": 0.5,
+                "novelty_weight": 2.0,
+                "pace_weight": 1.0,
+                "drain_fraction": 0.8,
+                "drain_weight": 2.0,
+                "half_life_seconds": 14_400,
+                "min_population": 1_000,
+            },
+            "threshold": 5.0,
+            "severity": "high",
         },
         # -- derived stages (streams/stages.py) -------------------------------------------
         # Rings of 3 to 10 accounts closed within 4 weeks; horizons up to 90 days
@@ -275,7 +321,7 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
     --------
     >>> for a in build_alerters(DEFAULT_CONFIG):
     ...     print(a.name, a.threshold, a.severity, a.learn_flagged)
-    velocity 1.0 high False
+    velocity 1.0 high True
     amount_outlier 3.5 medium False
     global_anomaly 0.0 low False
     structuring 1.0 high True
@@ -286,6 +332,7 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
     account_takeover 1.0 high False
     blacklist 1.0 high False
     borrow_and_vanish 0.8 high True
+    spending_burst 5.0 high False
     cycle 1.0 high False
     scatter_gather 1.0 high False
     gather_scatter 1.0 medium False

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from detectors.base import Features, KeyedDetector
+from detectors.limits import MoneyLimits, currency_of
 from detectors.money import format_minor
 from detectors.params import fraction, optional_int, positive_int, string_set
 from detectors.timeline import KEPT_WINDOWS, densest_window, format_duration
@@ -23,8 +24,14 @@ class Structuring(KeyedDetector[list[list[int]]]):
     """Amounts kept just below a reporting threshold, several times within a window.
 
     An amount *qualifies* when the event's type is one of ``event_types`` and
-    ``ceil(band_fraction * threshold_minor) <= amount_minor < threshold_minor``:
-    with the defaults, 45,000.00 up to 49,999.99 under a 50,000.00 threshold.
+    ``ceil(band_fraction * threshold) <= amount_minor < threshold``: 45,000.00
+    up to 49,999.99 under a 50,000.00 threshold. The reporting threshold is
+    money, so it is per currency (``currency_limits``, limit name
+    ``threshold``); in a currency without one, it is the ``learnt_quantile`` of
+    the amounts of the watched types seen in that currency, once
+    ``min_population`` of them have been seen (see :mod:`detectors.limits`),
+    and amounts are not judged before. Learnt thresholds are the detector's
+    global state (:meth:`snapshot`).
     For a qualifying event the detector finds the window of ``window_seconds``
     (ends included) around it that holds the most qualifying amounts of the
     account, this one included, and scores ``count / min_count``: 1.0 or more
@@ -48,9 +55,9 @@ class Structuring(KeyedDetector[list[list[int]]]):
 
     Parameters
     ----------
-    threshold_minor
-        The reporting threshold in minor units; an amount at or above it is
-        reported anyway and does not qualify.
+    currency_limits
+        Currency to ``{"threshold": minor units}``: the reporting threshold; an
+        amount at or above it is reported anyway and does not qualify.
     band_fraction
         Lowest fraction of the threshold that counts as "just below" it.
     min_count
@@ -59,23 +66,32 @@ class Structuring(KeyedDetector[list[list[int]]]):
         Width of the window in seconds of event time.
     event_types
         Event types whose amounts are watched.
+    learnt_quantile
+        Quantile of a currency's amounts used as its threshold where none is configured.
+    min_population
+        Amounts of a currency to see before its learnt threshold applies.
 
     Examples
     --------
-    >>> detector = Structuring(threshold_minor=5_000_000, band_fraction=0.9, min_count=3)
+    >>> detector = Structuring(currency_limits={"CNY": {"threshold": 5_000_000}},
+    ...                        band_fraction=0.9, min_count=3)
     >>> state = detector.new_state()
     >>> day = 1_709_510_400
     >>> for hours, amount in ((1, 4_800_000), (5, 4_950_000)):
-    ...     x = {"event_type": "top_up", "amount_minor": amount, "ts": day + hours * 3_600}
+    ...     x = {"event_type": "top_up", "amount_minor": amount, "currency": "CNY",
+    ...          "ts": day + hours * 3_600}
     ...     state = detector.learn_one(x, state)
-    >>> x = {"event_type": "transfer", "amount_minor": 4_990_000, "ts": day + 9 * 3_600}
+    >>> x = {"event_type": "transfer", "amount_minor": 4_990_000, "currency": "CNY",
+    ...      "ts": day + 9 * 3_600}
     >>> detector.score_one(x, state)
     1.0
     >>> for reason in detector.explain_one(x, state, 1.0):
     ...     print(reason)
-    3 amounts between 45,000.00 and 49,999.99, just below the 50,000.00 reporting threshold, within 8 h (alert at 3 within 1 d)
+    3 amounts between 45,000.00 and 49,999.99, just below the 50,000.00 CNY reporting threshold (configured for CNY), within 8 h (alert at 3 within 1 d)
     amounts 48,000.00, 49,500.00 and 49,900.00: 147,400.00 in all
     >>> detector.score_one({**x, "amount_minor": 5_000_000}, state)
+    0.0
+    >>> detector.score_one({**x, "currency": "USD"}, state)  # no USD threshold learnt yet
     0.0
     """  # noqa: E501 - a doctest's expected output is one line
 
@@ -85,13 +101,14 @@ class Structuring(KeyedDetector[list[list[int]]]):
 
     def __init__(
         self,
-        threshold_minor: int = 5_000_000,
+        currency_limits: Mapping[str, Mapping[str, int]] | None = None,
         band_fraction: float = 0.9,
         min_count: int = 3,
         window_seconds: int = 86_400,
         event_types: Sequence[str] = ("transfer", "top_up", "withdrawal"),
+        learnt_quantile: float = 0.999,
+        min_population: int = 1_000,
     ) -> None:
-        positive_int("threshold_minor", threshold_minor)
         fraction("band_fraction", band_fraction)
         positive_int("min_count", min_count)
         if min_count > MAX_KEPT:
@@ -99,13 +116,25 @@ class Structuring(KeyedDetector[list[list[int]]]):
             raise ValueError(message)
         positive_int("window_seconds", window_seconds)
         self._types = string_set("event_types", event_types, allow_empty=False)
-        self.threshold_minor = threshold_minor
+        self._money = MoneyLimits(
+            ("threshold",), currency_limits or {}, learnt_quantile, min_population
+        )
+        self.currency_limits = currency_limits
         self.band_fraction = band_fraction
         self.min_count = min_count
         self.window_seconds = window_seconds
         self.event_types = event_types
+        self.learnt_quantile = learnt_quantile
+        self.min_population = min_population
+
+    def _band(self, currency: str) -> tuple[int, int] | None:
+        """``(lowest, threshold)`` of the qualifying band in ``currency``, if it has a threshold."""
+        threshold = self._money.limit(currency, "threshold")
+        if threshold is None:
+            return None
         # Decimal: 0.9 * 5,000,000 must be 4,500,000 exactly, not 4,500,000.000000001.
-        self._lowest = max(1, math.ceil(Decimal(threshold_minor) * Decimal(str(band_fraction))))
+        lowest = max(1, math.ceil(Decimal(threshold) * Decimal(str(self.band_fraction))))
+        return lowest, threshold
 
     def new_state(self) -> list[list[int]]:
         return []
@@ -116,7 +145,10 @@ class Structuring(KeyedDetector[list[list[int]]]):
             return None
         amount = optional_int(x.get("amount_minor"))
         ts = optional_int(x.get("ts"))
-        if amount is None or ts is None or not self._lowest <= amount < self.threshold_minor:
+        if amount is None or ts is None:
+            return None
+        band = self._band(currency_of(x))
+        if band is None or not band[0] <= amount < band[1]:
             return None
         return ts, amount
 
@@ -139,6 +171,10 @@ class Structuring(KeyedDetector[list[list[int]]]):
         if ts is None:
             return state
         qualifying = self._qualifying(x)
+        if x.get("event_type") in self._types:
+            amount = optional_int(x.get("amount_minor"))
+            if amount is not None:
+                self._money.observe(currency_of(x), "threshold", amount)
         if qualifying is not None:
             state.append(list(qualifying))
             state.sort(key=lambda kept: kept[_TS])
@@ -151,9 +187,21 @@ class Structuring(KeyedDetector[list[list[int]]]):
         return state
 
     def explain_one(self, x: Features, state: list[list[int]], score: float) -> list[str]:
-        band = (
-            f"between {format_minor(self._lowest)} and {format_minor(self.threshold_minor - 1)}"
-        )
+        currency = currency_of(x)
+        limits = self._band(currency)
+        if limits is None:
+            event_type = x.get("event_type")
+            if event_type not in self._types:
+                watched = ", ".join(sorted(self._types))
+                return [f"not scored: {event_type} is not a watched type ({watched})"]
+            seen = self._money.population.count(currency, "threshold")
+            return [
+                f"not scored: no reporting threshold for {currency or 'amounts without a currency'}"
+                f" yet ({seen:,} of the {self.min_population:,} amounts to learn it from)"
+            ]
+        lowest, threshold = limits
+        unit = f" {currency}" if currency else ""
+        band = f"between {format_minor(lowest)} and {format_minor(threshold - 1)}"
         qualifying = self._qualifying(x)
         if qualifying is None:
             event_type = x.get("event_type")
@@ -173,8 +221,17 @@ class Structuring(KeyedDetector[list[list[int]]]):
         noun = "amount" if len(episode) == 1 else "amounts"
         return [
             f"{len(episode)} {noun} {band}, just below the"
-            f" {format_minor(self.threshold_minor)} reporting threshold, within"
+            f" {format_minor(threshold)}{unit} reporting threshold"
+            f" ({self._money.source(currency, 'threshold')}), within"
             f" {format_duration(span)} (alert at {self.min_count} within"
             f" {format_duration(self.window_seconds)})",
             f"{noun} {listed}: {format_minor(sum(kept[_AMOUNT] for kept in episode))} in all",
         ]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The learnt thresholds of currencies without a configured one (JSON-able)."""
+        return self._money.snapshot()
+
+    def restore(self, snapshot: Any) -> None:
+        """Put back what :meth:`snapshot` returned."""
+        self._money.restore(snapshot)

@@ -7,84 +7,178 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
 from detectors.base import Detector, Features
+from detectors.limits import ALL_CURRENCIES, MoneyLimits, currency_of
 from detectors.money import format_minor
 
 #: Window label -> the words a reason uses for it. The labels are the suffixes of
 #: the velocity features (``count_1m``, ``sum_24h`` ...).
 WINDOWS: Final[Mapping[str, str]] = {"1m": "1 minute", "1h": "1 hour", "24h": "24 hours"}
 #: Measures that can be limited, the prefixes of the velocity features.
-MEASURES: Final = ("count", "sum", "distinct_cp")
+MEASURES: Final = ("count", "distinct_cp")
+#: Quantile of a count over the population a count limit is raised to, if higher.
+COUNT_QUANTILE: Final = 0.9999
+#: Outgoing events seen before a count limit may be raised: bursts are rare in a
+#: large population, not necessarily in a small one.
+COUNT_MIN_POPULATION: Final = 10_000
+#: The money limits, per currency (``currency_limits``): one per window.
+SUM_LIMITS: Final = tuple(f"sum_{window}" for window in WINDOWS)
 #: The worker counts distinct counterparties exactly up to this many, then stops.
 DISTINCT_CP_CAP: Final = 64
 
 
 class VelocityLimits(Detector):
-    """Fixed limits on an account's velocity over sliding windows.
+    """Limits on an account's velocity over sliding windows, money limits per currency.
 
     The worker counts the account's monetary events in the windows ending at
     the current event, the current one included: how many payments went out
     (``count_<w>``), how much money they sent (``sum_<w>``, minor units) and to
     how many distinct counterparties (``distinct_cp_<w>``). This detector
-    compares them with fixed limits and learns nothing. A ``sum`` limit applies
-    only once the window holds two payments or more: a single large payment is
-    the amount detector's business, not velocity.
+    compares them with limits. Count and counterparty limits (``limits``) hold
+    for every currency; where the population the worker sees is busier (every
+    event of an hour stamped with one time, a merchant hub), each is raised to
+    the :data:`COUNT_QUANTILE` of that count over all outgoing events once
+    :data:`COUNT_MIN_POPULATION` have been seen, never lowered. Sum limits are money, so they are per currency
+    (``currency_limits``, names ``sum_1m``, ``sum_1h``, ``sum_24h``); in a
+    currency without a configured sum limit, the limit is the
+    ``learnt_quantile`` of the window sums seen in that currency, once
+    ``min_population`` of them have been seen (see :mod:`detectors.limits`).
+    A ``sum`` limit applies only once the window holds two payments or more,
+    and only such sums are learnt: a single large payment is the amount
+    detector's business, not velocity.
 
-    The score is the largest ratio ``observed / limit`` over the configured
-    limits, so a score of 1.0 or more means a limit has been reached: a limit
-    is the level that alerts, ``{"count": 10}`` flags the tenth transaction in
-    the window. Events without an amount (``amount_minor`` 0: logins, status
-    changes) and money coming in score 0.0. A configured
-    window missing from ``x`` is skipped.
+    The score is the largest ratio ``observed / limit`` over the limits, so a
+    score of 1.0 or more means a limit has been reached: a limit is the level
+    that alerts, ``{"count": 10}`` flags the tenth transaction in the window.
+    Events without an amount (``amount_minor`` 0: logins, status changes) and
+    money coming in score 0.0. A window missing from ``x`` is skipped.
+
+    Learnt limits are this detector's global state (:meth:`snapshot`). They
+    are facts about the population, not a model an attack could teach, so
+    every event is learnt, flagged or not (:attr:`keeps_ledger`): learning
+    only the events under a learnt limit would lower it at every update.
 
     Parameters
     ----------
     limits
-        Window (``"1m"``, ``"1h"``, ``"24h"``) to measure (``"count"``, ``"sum"``,
-        ``"distinct_cp"``) to a positive integer limit; ``sum`` limits are in
-        minor units. Any subset may be given.
+        Window (``"1m"``, ``"1h"``, ``"24h"``) to measure (``"count"``,
+        ``"distinct_cp"``) to a positive integer limit. Any subset may be given.
+    currency_limits
+        Currency to sum limits in minor units, e.g. ``{"CNY": {"sum_1m": 5_000_000}}``.
+    learnt_quantile
+        Quantile of a currency's window sums used as its sum limit where none is configured.
+    min_population
+        Window sums of a currency to see before its learnt limit applies.
 
     Examples
     --------
-    >>> detector = VelocityLimits(limits={
-    ...     "1m": {"count": 10},
-    ...     "1h": {"sum": 5_000_000, "distinct_cp": 5},
-    ... })
+    >>> detector = VelocityLimits(
+    ...     limits={"1m": {"count": 10}, "1h": {"distinct_cp": 5}},
+    ...     currency_limits={"CNY": {"sum_1h": 5_000_000}},
+    ... )
     >>> x = {"event_type": "transfer", "amount_minor": 2_000_000, "is_outflow": True,
-    ...      "count_1m": 12, "count_1h": 3, "sum_1h": 6_000_000, "distinct_cp_1h": 2}
+    ...      "currency": "CNY", "count_1m": 12, "count_1h": 3, "sum_1h": 6_000_000,
+    ...      "distinct_cp_1h": 2}
     >>> detector.score_one(x)
     1.2
     >>> for reason in detector.explain_one(x, detector.score_one(x)):
     ...     print(reason)
     12 transactions in 1 minute (limit 10)
-    60,000.00 sent in 1 hour (limit 50,000.00)
+    60,000.00 CNY sent in 1 hour (limit 50,000.00 CNY, configured for CNY)
     >>> detector.score_one({"event_type": "login", "amount_minor": 0, "count_1m": 99})
     0.0
-    """
+
+    In a currency without configured limits, sums are judged against what the
+    population sends once enough has been seen:
+
+    >>> import random
+    >>> rng = random.Random(3)
+    >>> learner = VelocityLimits(limits={"1m": {"count": 10}}, min_population=500)
+    >>> for _ in range(2_000):
+    ...     amount = round(rng.lognormvariate(9.0, 1.0))
+    ...     learner.learn_one({"amount_minor": amount, "is_outflow": True, "currency": "USD",
+    ...                        "count_1h": 2, "sum_1h": 2 * amount})
+    >>> big = {"amount_minor": 900_000, "is_outflow": True, "currency": "USD",
+    ...        "count_1h": 2, "sum_1h": 1_800_000}
+    >>> round(learner.score_one(big), 2)
+    3.74
+    >>> print(learner.explain_one(big, learner.score_one(big))[0])
+    18,000.00 USD sent in 1 hour (limit 4,807.75 USD, the 99.9% quantile of 2,000 values learnt in USD)
+    """  # noqa: E501 - a doctest's expected output is one line
 
     name: ClassVar[str] = "velocity"
+    #: Every event, flagged or not, counts in the learnt populations.
+    keeps_ledger: ClassVar[bool] = True
 
-    def __init__(self, limits: Mapping[str, Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        limits: Mapping[str, Mapping[str, int]],
+        currency_limits: Mapping[str, Mapping[str, int]] | None = None,
+        learnt_quantile: float = 0.999,
+        min_population: int = 1_000,
+    ) -> None:
         self.limits = limits
+        self.currency_limits = currency_limits
+        self.learnt_quantile = learnt_quantile
+        self.min_population = min_population
         self._checks = _validated_checks(limits)
-        # (feature, limit, the count a sum limit needs at 2 or more, else None)
-        self._scored = tuple(
-            (feature, limit, f"count_{window}" if measure == "sum" else None)
-            for feature, limit, window, measure in self._checks
+        self._money = MoneyLimits(
+            SUM_LIMITS, currency_limits or {}, learnt_quantile, min_population
         )
+        # Count limits are the same in every currency: one population for all.
+        self._busy = MoneyLimits(
+            [feature for feature, _, _, _ in self._checks], {}, COUNT_QUANTILE,
+            COUNT_MIN_POPULATION,
+        )
+
+    def _count_limit(self, feature: str, configured: int) -> int:
+        """A configured count limit, raised to the population's quantile where that is higher."""
+        learnt = self._busy.limit(ALL_CURRENCIES, feature)
+        return configured if learnt is None else max(configured, learnt)
+
+    def _sums(self, x: Features) -> list[tuple[str, int, int]]:
+        """(window, observed sum, limit) of every sum limit that applies to ``x``."""
+        currency = currency_of(x)
+        out = []
+        for window in WINDOWS:
+            observed = x.get(f"sum_{window}")
+            if not observed or (x.get(f"count_{window}") or 0) < 2:
+                continue
+            limit = self._money.limit(currency, f"sum_{window}")
+            if limit is not None:
+                out.append((window, observed, limit))
+        return out
 
     def score_one(self, x: Features) -> float:
         amount = x.get("amount_minor") or 0
         if amount <= 0 or not x.get("is_outflow", True):
             return 0.0
         score = 0.0
-        # _applies inlined: this loop runs for every payment
-        for feature, limit, count_feature in self._scored:
+        for feature, configured, _, _ in self._checks:
             observed = x.get(feature)
-            if observed and (count_feature is None or (x.get(count_feature) or 0) >= 2):
+            if observed:
+                limit = self._count_limit(feature, configured)
                 ratio = observed / limit
                 if ratio > score:
                     score = _exact_ratio(observed, limit, ratio)
+        for _, observed, limit in self._sums(x):
+            ratio = observed / limit
+            if ratio > score:
+                score = _exact_ratio(observed, limit, ratio)
         return score
+
+    def learn_one(self, x: Features) -> None:
+        amount = x.get("amount_minor") or 0
+        if amount <= 0 or not x.get("is_outflow", True):
+            return
+        currency = currency_of(x)
+        for window in WINDOWS:
+            observed = x.get(f"sum_{window}")
+            if observed and (x.get(f"count_{window}") or 0) >= 2:
+                self._money.observe(currency, f"sum_{window}", observed)
+        for feature, _, _, _ in self._checks:
+            observed = x.get(feature)
+            if observed:
+                self._busy.observe(ALL_CURRENCIES, feature, observed)
 
     def explain_one(self, x: Features, score: float) -> list[str]:
         amount = x.get("amount_minor") or 0
@@ -92,21 +186,40 @@ class VelocityLimits(Detector):
             return ["not an outgoing payment: velocity limits apply to money sent only"]
         observations: list[tuple[float, str]] = []
         closest: tuple[float, str] | None = None
-        for feature, limit, window, measure in self._checks:
+        judged: list[tuple[int, int, str]] = []
+        for feature, configured, window, measure in self._checks:
             observed = x.get(feature)
-            if observed is None or not _applies(x, window, measure):
-                continue
+            if observed is not None:
+                limit = self._count_limit(feature, configured)
+                reason = _reason(observed, limit, window, measure)
+                if limit > configured:
+                    source = self._busy.source(ALL_CURRENCIES, feature)
+                    reason = f"{reason[:-1]}, {source}; configured {configured})"
+                judged.append((observed, limit, reason))
+        currency = currency_of(x)
+        for window, observed, limit in self._sums(x):
+            source = self._money.source(currency, f"sum_{window}")
+            judged.append((observed, limit, _sum_reason(observed, limit, window, currency, source)))
+        for observed, limit, reason in judged:
             ratio = _exact_ratio(observed, limit, observed / limit)
             if ratio >= 1.0:
-                observations.append((ratio, _reason(observed, limit, window, measure)))
+                observations.append((ratio, reason))
             elif closest is None or ratio > closest[0]:
-                closest = (ratio, _reason(observed, limit, window, measure))
+                closest = (ratio, reason)
         if observations:
-            # Most exceeded first; sorted() is stable, so ties keep configuration order.
+            # Most exceeded first; sorted() is stable, so ties keep window order.
             return [reason for _, reason in sorted(observations, key=lambda o: -o[0])]
         if closest is not None:
             return [f"no limit reached; closest: {closest[1]}, {closest[0]:.0%} of it"]
-        return ["no configured window in the features"]
+        return ["no configured window in the features (0 limits judged)"]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"sums": self._money.snapshot(), "counts": self._busy.snapshot()}
+
+    def restore(self, snapshot: Any) -> None:
+        snapshot = snapshot or {}
+        self._money.restore(snapshot.get("sums"))
+        self._busy.restore(snapshot.get("counts"))
 
 
 def _validated_checks(limits: Any) -> tuple[tuple[str, int, str, str], ...]:
@@ -123,6 +236,12 @@ def _validated_checks(limits: Any) -> tuple[tuple[str, int, str, str], ...]:
             message = f"limits[{window!r}] must be a non-empty mapping of measure to limit"
             raise ValueError(message)
         for measure, limit in measures.items():
+            if measure == "sum":
+                message = (
+                    f"limits[{window!r}]: sums are money, set them per currency in"
+                    f" currency_limits (e.g. {{'CNY': {{'sum_{window}': ...}}}})"
+                )
+                raise ValueError(message)
             if measure not in MEASURES:
                 message = (
                     f"limits[{window!r}]: unknown measure {measure!r}; expected one of {MEASURES}"
@@ -131,19 +250,13 @@ def _validated_checks(limits: Any) -> tuple[tuple[str, int, str, str], ...]:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
                 message = (
                     f"limits[{window!r}][{measure!r}] must be a positive int"
-                    f" (sums in minor units), not {limit!r}"
+                    f", not {limit!r}"
                 )
                 raise ValueError(message)
             checks.append((f"{measure}_{window}", limit, window, measure))
     window_order = list(WINDOWS)
     checks.sort(key=lambda c: (window_order.index(c[2]), MEASURES.index(c[3])))
     return tuple(checks)
-
-
-def _applies(x: Features, window: str, measure: str) -> bool:
-    """A sum limit needs two payments in the window: one large payment is not velocity
-    (it is the amount detector's business)."""
-    return measure != "sum" or (x.get(f"count_{window}") or 0) >= 2
 
 
 def _exact_ratio(observed: int, limit: int, ratio: float) -> float:
@@ -161,8 +274,15 @@ def _reason(observed: int, limit: int, window: str, measure: str) -> str:
     if measure == "count":
         noun = "transaction" if observed == 1 else "transactions"
         return f"{observed} {noun} in {span} (limit {limit}{reached})"
-    if measure == "sum":
-        return f"{format_minor(observed)} sent in {span} (limit {format_minor(limit)}{reached})"
     noun = "counterparty" if observed == 1 else "different counterparties"
     at_least = " or more" if observed >= DISTINCT_CP_CAP else ""
     return f"{observed}{at_least} {noun} in {span} (limit {limit}{reached})"
+
+
+def _sum_reason(observed: int, limit: int, window: str, currency: str, source: str) -> str:
+    reached = " reached" if observed == limit else ""
+    unit = f" {currency}" if currency else ""
+    return (
+        f"{format_minor(observed)}{unit} sent in {WINDOWS[window]} (limit"
+        f" {format_minor(limit)}{unit}{reached}, {source})"
+    )

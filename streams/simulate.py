@@ -737,7 +737,7 @@ def structuring(ctx: IncidentContext) -> Iterator[PlannedEvent]:
     the victim never paid before (unlabelled context: layering).
     """
     params = _default_params("structuring")
-    threshold = int(params.get("threshold_minor", 5_000_000))
+    threshold = int(params.get("currency_limits", {}).get("CNY", {}).get("threshold", 5_000_000))
     lowest = math.ceil(Decimal(threshold) * Decimal(str(params.get("band_fraction", 0.9))))
     min_count = int(params.get("min_count", 3))
     window = int(params.get("window_seconds", 86_400))
@@ -874,7 +874,7 @@ def precipitated_funds(ctx: IncidentContext) -> Iterator[PlannedEvent]:
     balance back under the limit meanwhile.
     """
     params = _default_params("precipitated_funds")
-    limit = int(params.get("balance_limit_minor", 5_000_000))
+    limit = int(params.get("currency_limits", {}).get("CNY", {}).get("balance_limit", 5_000_000))
     dwell = float(params.get("max_dwell_seconds", 259_200))
     rng = ctx.rng
     victim = ctx.pick_victim(profiles=("student", "retired", "salaried")) or ctx.any_victim()

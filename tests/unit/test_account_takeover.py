@@ -17,7 +17,8 @@ ATTACKER = "c3" * 16
 
 
 def login(ts: int, device: str = PHONE) -> dict[str, Any]:
-    return {"event_type": "login", "amount_minor": 0, "ts": ts, "device_id_hash": device}
+    return {"event_type": "login", "amount_minor": 0, "ts": ts, "device_id_hash": device,
+            "currency": "CNY"}
 
 
 def change(ts: int, kind: str = "password", device: str = PHONE) -> dict[str, Any]:
@@ -26,15 +27,17 @@ def change(ts: int, kind: str = "password", device: str = PHONE) -> dict[str, An
 
 
 def out(amount: int, ts: int, device: str | None = PHONE, **extra: Any) -> dict[str, Any]:
-    x = {"event_type": "withdrawal", "amount_minor": amount, "is_outflow": True, "ts": ts}
+    x = {"event_type": "withdrawal", "amount_minor": amount, "is_outflow": True, "ts": ts,
+         "currency": "CNY"}
     if device is not None:
         x["device_id_hash"] = device
     return {**x, **extra}
 
 
 def detector(**params: Any) -> AccountTakeover:
-    defaults = {"window_seconds": 3_600, "large_outflow_minor": 5_000_000, "usual_multiple": 10.0,
-                "min_outflow_minor": 100_000, "min_history": 3}  # fmt: skip
+    cny = {"CNY": {"large_outflow": 5_000_000, "min_outflow": 100_000}}
+    defaults = {"window_seconds": 3_600, "usual_multiple": 10.0, "min_history": 3,
+                "currency_limits": cny}  # fmt: skip
     return AccountTakeover(**{**defaults, **params})
 
 
@@ -93,11 +96,13 @@ def test_without_history_only_the_absolute_limit_applies() -> None:
     assert d.score_one(out(4_999_999, T0 + 60), state) < 1.0
     assert d.score_one(out(5_000_000, T0 + 60), state) == 1.0
     reasons = d.explain_one(out(5_000_000, T0 + 60), state, 1.0)
-    assert reasons[-1] == "withdrawal of 50,000.00 reaches the large-outflow limit of 50,000.00"
+    assert reasons[-1] == (
+        "withdrawal of 50,000.00 reaches the large-outflow limit of 50,000.00 (configured for CNY)"
+    )
 
 
 def test_small_outflows_are_never_large_however_tiny_the_usual() -> None:
-    d = detector(min_outflow_minor=100_000)
+    d = detector()
     state = d.new_state()
     for i in range(5):
         state = d.learn_one(out(500, T0 - 1_000 + i), state)  # 5.00 a time
@@ -142,11 +147,11 @@ def test_state_is_bounded_and_json() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"large_outflow_minor": None, "usual_multiple": None}, "nothing would be large"),
         ({"usual_multiple": 0}, "usual_multiple must be positive"),
         ({"known_devices": 0}, "known_devices must be an int >= 1"),
         ({"min_history": USUAL_OUTFLOWS + 1}, "min_history must be at most"),
-        ({"min_outflow_minor": -1}, "min_outflow_minor must be an int >= 0"),
+        ({"currency_limits": {"CNY": {"min_outflow": -1}}}, "must be an int >= 1"),
+        ({"learnt_quantile": {"large_outflow": 0.99}}, "a quantile for each of"),
     ],
 )
 def test_refuses_bad_parameters(params: dict[str, Any], message: str) -> None:

@@ -59,23 +59,24 @@ def test_format_minor_agrees_with_the_streams_formatting(minor: int) -> None:
 # -- velocity --------------------------------------------------------------------------------------
 
 LIMITS = {
-    "1m": {"count": 10, "sum": 1_000_000, "distinct_cp": 5},
-    "1h": {"count": 30, "sum": 5_000_000},
+    "1m": {"count": 10, "distinct_cp": 5},
+    "1h": {"count": 30},
     "24h": {"distinct_cp": 30},
 }
+SUMS = {"CNY": {"sum_1m": 1_000_000, "sum_1h": 5_000_000}}
 
 
 def _payment(**features: Any) -> dict[str, Any]:
     # two payments in every window, so sum limits apply
     return {"event_type": "payment", "amount_minor": 10_000, "is_outflow": True,
-            "count_1m": 2, "count_1h": 2, "count_24h": 2, **features}
+            "currency": "CNY", "count_1m": 2, "count_1h": 2, "count_24h": 2, **features}
 
 
 def test_velocity_sum_limit_ignores_a_single_large_payment() -> None:
-    detector = VelocityLimits({"1h": {"sum": 5_000_000}})
+    detector = VelocityLimits({"1h": {"count": 30}}, {"CNY": {"sum_1h": 5_000_000}})
     one = {"event_type": "payment", "amount_minor": 9_000_000, "is_outflow": True,
-           "count_1h": 1, "sum_1h": 9_000_000}
-    assert detector.score_one(one) == 0.0
+           "currency": "CNY", "count_1h": 1, "sum_1h": 9_000_000}
+    assert detector.score_one(one) == pytest.approx(1 / 30)  # the count limit only
     assert detector.score_one({**one, "count_1h": 2}) == pytest.approx(1.8)
 
 
@@ -85,7 +86,7 @@ def test_velocity_ignores_money_coming_in() -> None:
 
 
 def test_velocity_exactly_at_the_limit_alerts_and_says_the_limit_was_reached() -> None:
-    alerter = ThresholdAlerter(VelocityLimits(LIMITS), threshold=1.0)
+    alerter = ThresholdAlerter(VelocityLimits(LIMITS, SUMS), threshold=1.0)
     finding, _ = alerter.process_one(_payment(count_1m=10))
     assert finding is not None
     assert finding.score == 1.0
@@ -93,31 +94,33 @@ def test_velocity_exactly_at_the_limit_alerts_and_says_the_limit_was_reached() -
 
 
 def test_velocity_one_under_the_limit_does_not_alert() -> None:
-    alerter = ThresholdAlerter(VelocityLimits(LIMITS), threshold=1.0)
+    alerter = ThresholdAlerter(VelocityLimits(LIMITS, SUMS), threshold=1.0)
     x = _payment(count_1m=9, sum_1h=4_999_999, distinct_cp_24h=29)
     finding, _ = alerter.process_one(x)
     assert finding is None
-    assert VelocityLimits(LIMITS).score_one(x) == pytest.approx(0.9999998)
+    assert VelocityLimits(LIMITS, SUMS).score_one(x) == pytest.approx(0.9999998)
 
 
 def test_velocity_one_cent_over_a_sum_limit_names_both_amounts() -> None:
-    detector = VelocityLimits(LIMITS)
+    detector = VelocityLimits(LIMITS, SUMS)
     x = _payment(sum_1h=5_000_001)
     score = detector.score_one(x)
     assert score > 1.0
-    assert detector.explain_one(x, score) == ["50,000.01 sent in 1 hour (limit 50,000.00)"]
+    assert detector.explain_one(x, score) == [
+        "50,000.01 CNY sent in 1 hour (limit 50,000.00 CNY, configured for CNY)"
+    ]
 
 
 def test_velocity_boundary_stays_exact_for_sums_beyond_float_precision() -> None:
     limit = 10**17  # one cent under it still rounds to 1.0 as a float ratio
-    detector = VelocityLimits({"24h": {"sum": limit}})
+    detector = VelocityLimits({"24h": {"count": 200}}, {"CNY": {"sum_24h": limit}})
     assert (limit - 1) / limit == 1.0
     assert detector.score_one(_payment(sum_24h=limit - 1)) < 1.0
     assert detector.score_one(_payment(sum_24h=limit)) == 1.0
 
 
 def test_velocity_reasons_name_every_exceeded_limit_most_exceeded_first() -> None:
-    detector = VelocityLimits(LIMITS)
+    detector = VelocityLimits(LIMITS, SUMS)
     x = _payment(count_1m=12, sum_1m=1_000_000, distinct_cp_1m=10, count_1h=31, distinct_cp_24h=64)
     score = detector.score_one(x)
     assert score == 64 / 30
@@ -126,26 +129,28 @@ def test_velocity_reasons_name_every_exceeded_limit_most_exceeded_first() -> Non
         "10 different counterparties in 1 minute (limit 5)",
         "12 transactions in 1 minute (limit 10)",
         "31 transactions in 1 hour (limit 30)",
-        "10,000.00 sent in 1 minute (limit 10,000.00 reached)",
+        "10,000.00 CNY sent in 1 minute (limit 10,000.00 CNY reached, configured for CNY)",
     ]
 
 
 def test_velocity_skips_windows_missing_from_the_features() -> None:
-    detector = VelocityLimits(LIMITS)
+    detector = VelocityLimits(LIMITS, SUMS)
     bare = {"event_type": "payment", "amount_minor": 10_000, "is_outflow": True}
     assert detector.score_one(bare) == 0.0
-    assert detector.explain_one(bare, 0.0) == ["no configured window in the features"]
+    assert detector.explain_one(bare, 0.0) == [
+        "no configured window in the features (0 limits judged)"
+    ]
     assert detector.score_one({**bare, "count_1h": 45}) == 1.5
 
 
 def test_velocity_ignores_events_without_an_amount() -> None:
-    detector = VelocityLimits(LIMITS)
+    detector = VelocityLimits(LIMITS, SUMS)
     login = {"event_type": "login", "amount_minor": 0, "count_1m": 50, "count_1h": 90}
     assert detector.score_one(login) == 0.0
 
 
 def test_velocity_explains_the_closest_limit_when_none_is_reached() -> None:
-    detector = VelocityLimits(LIMITS)
+    detector = VelocityLimits(LIMITS, SUMS)
     x = _payment(count_1m=8, count_1h=3)
     assert detector.explain_one(x, detector.score_one(x)) == [
         "no limit reached; closest: 8 transactions in 1 minute (limit 10), 80% of it"
@@ -161,7 +166,8 @@ def test_velocity_explains_the_closest_limit_when_none_is_reached() -> None:
         ({"1m": {}}, r"limits\['1m'\] must be a non-empty mapping"),
         ({"1m": {"count": 0}}, r"limits\['1m'\]\['count'\] must be a positive int"),
         ({"1m": {"count": -1}}, "positive int"),
-        ({"1m": {"sum": 500.0}}, r"limits\['1m'\]\['sum'\] must be a positive int"),
+        ({"1m": {"sum": 500}}, r"limits\['1m'\]: sums are money, set them per currency"),
+        ({"1m": {"distinct_cp": 5.0}}, r"limits\['1m'\]\['distinct_cp'\] must be a positive int"),
         ({"1m": {"count": True}}, "positive int"),
         ([("1m", {"count": 3})], "mapping"),
     ],
@@ -460,7 +466,7 @@ def test_default_config_builds_every_account_detector_as_documented() -> None:
         if getattr(type(a.detector), "stage", "account") == "account"
     ]
     assert summary == [
-        ("velocity", 1.0, None, "high", None, False),
+        ("velocity", 1.0, None, "high", None, True),
         ("amount_outlier", 3.5, 0.001, "medium", 8.0, False),
         ("global_anomaly", 0.0, 0.002, "low", None, False),
         ("structuring", 1.0, None, "high", None, True),
@@ -471,6 +477,7 @@ def test_default_config_builds_every_account_detector_as_documented() -> None:
         ("account_takeover", 1.0, None, "high", None, False),
         ("blacklist", 1.0, None, "high", None, False),
         ("borrow_and_vanish", 0.8, None, "high", None, True),
+        ("spending_burst", 5.0, None, "high", None, False),
     ]
     assert DEFAULT_CONFIG["version"] == "defaults-3"
 

@@ -17,19 +17,22 @@ DWELL = 3 * DAY
 
 
 def inflow(amount: int, ts: int) -> dict[str, Any]:
-    return {"event_type": "top_up", "amount_minor": amount, "ts": ts, "is_inflow": True}
+    return {"event_type": "top_up", "amount_minor": amount, "ts": ts, "is_inflow": True,
+            "currency": "CNY"}
 
 
 def outflow(amount: int, ts: int) -> dict[str, Any]:
-    return {"event_type": "withdrawal", "amount_minor": amount, "ts": ts, "is_outflow": True}
+    return {"event_type": "withdrawal", "amount_minor": amount, "ts": ts, "is_outflow": True,
+            "currency": "CNY"}
 
 
 def login(ts: int) -> dict[str, Any]:
-    return {"event_type": "login", "amount_minor": 0, "ts": ts}
+    return {"event_type": "login", "amount_minor": 0, "ts": ts, "currency": "CNY"}
 
 
 def detector() -> PrecipitatedFunds:
-    return PrecipitatedFunds(balance_limit_minor=LIMIT, max_dwell_seconds=DWELL)
+    return PrecipitatedFunds(currency_limits={"CNY": {"balance_limit": LIMIT}},
+                             max_dwell_seconds=DWELL)
 
 
 def learnt(d: PrecipitatedFunds, *events: dict[str, Any]) -> list[int]:
@@ -107,22 +110,22 @@ def test_reasons_give_the_balance_the_limit_and_the_time_held() -> None:
     state = learnt(d, inflow(12_000_000, T0))
     x = login(T0 + 4 * DAY + 2 * 3_600)
     assert d.explain_one(x, state, d.score_one(x, state)) == [
-        "balance 120,000.00 has stayed above the 50,000.00 limit for 4 d 2 h, since"
-        " 2024-03-04 00:00 UTC (dwell limit 3 d)"
+        "balance 120,000.00 has stayed above the 50,000.00 limit (configured for CNY) for 4 d 2 h,"
+        " since 2024-03-04 00:00 UTC (dwell limit 3 d)"
     ]
     assert d.explain_one(login(T0), d.new_state(), 0.0) == [
-        "balance 0.00 is not above the 50,000.00 limit"
+        "balance 0.00 is not above the 50,000.00 limit (configured for CNY)"
     ]
 
 
-def test_events_without_time_change_nothing_and_state_is_five_ints() -> None:
+def test_events_without_time_change_nothing_and_state_is_six_ints() -> None:
     d = detector()
     state = learnt(d, inflow(LIMIT * 2, T0))
     before = list(state)
     assert d.learn_one({"event_type": "top_up", "amount_minor": 5, "is_inflow": True}, state) == (
         before
     )
-    assert len(state) == 5 and all(type(v) is int for v in state)
+    assert len(state) == 6 and all(type(v) is int for v in state)
     assert orjson.loads(orjson.dumps(state)) == state
     assert balance_minor(None) == 0
     assert state[BALANCE] == balance_minor(state)
@@ -140,7 +143,7 @@ def test_a_ledger_cannot_be_configured_to_skip_flagged_events() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"balance_limit_minor": 0}, "balance_limit_minor must be an int >= 1"),
+        ({"currency_limits": {"CNY": {"balance_limit": 0}}}, "must be an int >= 1"),
         ({"max_dwell_seconds": 1.5}, "max_dwell_seconds must be an int >= 1"),
     ],
 )

@@ -9,15 +9,19 @@ import pytest
 
 from detectors import DEFAULT_CONFIG, RapidPassThrough, build_alerters
 
+#: The shipped limit in the simulator's currency.
+CNY = {"CNY": {"min_inflow": 1_000_000}}
 NOON = 1_709_553_600  # a multiple of 60: bucket edges fall on whole minutes
 
 
 def inflow(amount: int, ts: int, event_type: str = "top_up") -> dict[str, Any]:
-    return {"event_type": event_type, "amount_minor": amount, "ts": ts, "is_inflow": True}
+    return {"event_type": event_type, "amount_minor": amount, "ts": ts, "is_inflow": True,
+            "currency": "CNY"}
 
 
 def outflow(amount: int, ts: int, event_type: str = "withdrawal") -> dict[str, Any]:
-    return {"event_type": event_type, "amount_minor": amount, "ts": ts, "is_outflow": True}
+    return {"event_type": event_type, "amount_minor": amount, "ts": ts, "is_outflow": True,
+            "currency": "CNY"}
 
 
 def learnt(detector: RapidPassThrough, *events: dict[str, Any]) -> list[list[int]]:
@@ -28,20 +32,20 @@ def learnt(detector: RapidPassThrough, *events: dict[str, Any]) -> list[list[int
 
 
 def test_share_of_the_inflow_that_left_including_this_outflow() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     state = learnt(detector, inflow(2_000_000, NOON), outflow(600_000, NOON + 300))
     assert detector.score_one(outflow(1_000_000, NOON + 600), state) == 0.8
     assert detector.score_one(outflow(999_999, NOON + 600), state) < 0.8
 
 
 def test_spending_more_than_came_in_scores_one_not_more() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     state = learnt(detector, inflow(1_000_000, NOON))
     assert detector.score_one(outflow(5_000_000, NOON + 60), state) == 1.0
 
 
 def test_inflows_below_the_minimum_are_not_judged() -> None:
-    detector = RapidPassThrough(min_inflow_minor=1_000_000)
+    detector = RapidPassThrough(currency_limits={"CNY": {"min_inflow": 1_000_000}})
     state = learnt(detector, inflow(999_999, NOON))
     assert detector.score_one(outflow(999_999, NOON + 60), state) == 0.0
     assert "9,999.99 received in the last 30 min, below the 10,000.00 judged" in (
@@ -53,7 +57,7 @@ def test_inflows_below_the_minimum_are_not_judged() -> None:
 
 
 def test_the_window_reaches_back_between_one_window_and_one_bucket_more() -> None:
-    detector = RapidPassThrough(window_seconds=1_800, bucket_seconds=60)
+    detector = RapidPassThrough(window_seconds=1_800, bucket_seconds=60, currency_limits=CNY)
     state = learnt(detector, inflow(2_000_000, NOON))
     # The inflow's bucket starts at NOON: an outflow 30 min 59 s later still sees it ...
     assert detector.score_one(outflow(2_000_000, NOON + 1_859), state) == 1.0
@@ -62,13 +66,13 @@ def test_the_window_reaches_back_between_one_window_and_one_bucket_more() -> Non
 
 
 def test_outflows_before_the_first_inflow_do_not_count() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     state = learnt(detector, outflow(1_900_000, NOON), inflow(2_000_000, NOON + 300))
     assert detector.score_one(outflow(100_000, NOON + 600), state) == 0.05
 
 
 def test_money_coming_in_and_events_without_amount_or_time_score_zero() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     state = learnt(detector, inflow(2_000_000, NOON), outflow(1_900_000, NOON + 60))
     assert detector.score_one(inflow(2_000_000, NOON + 120, "refund"), state) == 0.0
     assert detector.score_one({"event_type": "login", "amount_minor": 0, "ts": NOON}, state) == 0.0
@@ -79,7 +83,7 @@ def test_money_coming_in_and_events_without_amount_or_time_score_zero() -> None:
 
 
 def test_a_late_outflow_is_judged_against_what_came_in_before_it() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     # The payments topic ran ahead: a later outflow was processed before this one.
     state = learnt(detector, inflow(3_000_000, NOON), outflow(500_000, NOON + 1_200))
     late = outflow(2_500_000, NOON + 600)
@@ -88,7 +92,7 @@ def test_a_late_outflow_is_judged_against_what_came_in_before_it() -> None:
 
 
 def test_a_late_inflow_is_judged_by_the_next_outflow() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     early = outflow(1_500_000, NOON + 300)
     # The outflow is processed before the inflow that preceded it: nothing to judge yet.
     assert detector.score_one(early, detector.new_state()) == 0.0
@@ -98,17 +102,18 @@ def test_a_late_inflow_is_judged_by_the_next_outflow() -> None:
 
 
 def test_reason_gives_the_share_amounts_and_time() -> None:
-    detector = RapidPassThrough()
+    detector = RapidPassThrough(currency_limits=CNY)
     state = learnt(detector, inflow(5_000_000, NOON))
     x = outflow(4_600_000, NOON + 720, "transfer")
     assert detector.explain_one(x, state, detector.score_one(x, state)) == [
         "92% of the 50,000.00 received in the last 30 min has left again: 46,000.00 out within"
         " about 12 min of the first inflow, this transfer of 46,000.00 included"
+        " (judged from 10,000.00, configured for CNY)"
     ]
 
 
 def test_state_is_bounded_buckets_of_plain_ints() -> None:
-    detector = RapidPassThrough(window_seconds=1_800, bucket_seconds=60)
+    detector = RapidPassThrough(window_seconds=1_800, bucket_seconds=60, currency_limits=CNY)
     state = detector.new_state()
     for second in range(0, 5 * 3_600, 7):
         state = detector.learn_one(inflow(1_000, NOON + second), state)
@@ -143,7 +148,9 @@ def test_the_alerter_flags_every_outflow_from_the_one_that_takes_the_share_to_80
     ("params", "message"),
     [
         ({"window_seconds": 0}, "window_seconds must be an int >= 1"),
-        ({"min_inflow_minor": 10.5}, "min_inflow_minor must be an int >= 1"),
+        ({"currency_limits": {"CNY": {"min_inflow": 10.5}}}, "must be an int >= 1"),
+        ({"currency_limits": {"CNY": {"min_inflow_minor": 1}}}, "unknown limit"),
+        ({"learnt_quantile": 1.0}, "must be a number in"),
         ({"bucket_seconds": 3_600}, "must not exceed window_seconds"),
     ],
 )

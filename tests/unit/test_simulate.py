@@ -286,7 +286,7 @@ def minor(event: dict[str, Any]) -> int:
 def test_structuring_is_top_ups_just_under_the_threshold_within_a_window(sample):
     params = shipped("structuring")
     threshold, window, min_count = (
-        params["threshold_minor"], params["window_seconds"], params["min_count"]
+        params["currency_limits"]["CNY"]["threshold"], params["window_seconds"], params["min_count"]
     )  # fmt: skip
     incidents = labelled(sample, "structuring")
     assert len(incidents) >= 20
@@ -345,7 +345,8 @@ def test_precipitated_funds_leave_a_large_balance_past_the_dwell_time(sample):
         at = parse_time(seen["occurred_at"])
         top_ups = [
             e for e in of_account(sample, account)
-            if e["event_type"] == "top_up" and minor(e) >= 1.6 * params["balance_limit_minor"]
+            if e["event_type"] == "top_up"
+            and minor(e) >= 1.6 * params["currency_limits"]["CNY"]["balance_limit"]
         ]  # fmt: skip
         assert len(top_ups) == 1, account
         held = at - parse_time(top_ups[0]["occurred_at"])
@@ -475,11 +476,14 @@ def test_labels_name_the_expected_detector_and_match_the_events(tmp_path, sample
     ]
     assert labels == expected
     assert {label["scenario"] for label in labels} == set(ACCOUNT_SCENARIOS)
+    # spending_burst has no simulator scenario yet: it is measured on third-party
+    # histories (docs/detection.md)
+    unsimulated = {"global_anomaly", "spending_burst"}
     assert {label["expected_detector"] for label in labels} == set(
-        DEFAULT_CONFIG["detectors"]) - {"global_anomaly"} - set(STAGE_DETECTORS)
+        DEFAULT_CONFIG["detectors"]) - unsimulated - set(STAGE_DETECTORS)
     # every detector but the unsupervised global model has a scenario
     assert {s.expected_detector for s in sim.SCENARIOS.values()} == set(
-        DEFAULT_CONFIG["detectors"]) - {"global_anomaly"}
+        DEFAULT_CONFIG["detectors"]) - unsimulated
 
 
 # -- the scenarios of the derived-stage detectors ----------------------------------------
