@@ -48,7 +48,8 @@ OVER_CEILING_TODAY: frozenset[tuple[str, str | None]] = frozenset({
     *((variant, None) for variant in VARIANTS),
     ("huge_amounts", "velocity"), ("huge_amounts", "rapid_pass_through"),
     ("huge_amounts", "account_takeover"),
-    ("jpy", "velocity"), ("jpy", "rapid_pass_through"),
+    # spending_burst (a fixed threshold, no budget): 2.6 and 3.1 per 1,000
+    ("merchant_hubs", "spending_burst"), ("long_horizon", "spending_burst"),
     ("merchant_hubs", "velocity"), ("merchant_hubs", "fan_in"),
     ("merchant_hubs", "gather_scatter"),
 })  # fmt: skip
