@@ -111,6 +111,16 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
     def explain_one(self, x: Features, state: S, score: float) -> list[str]:
         """Reasons a person understands, with the numbers behind ``score``."""
 
+    def snapshot(self) -> Any:
+        """What it learnt beyond the accounts (population limits), to :meth:`restore` later.
+
+        ``None`` when it keeps nothing but per-account state, as most do.
+        """
+        return None
+
+    def restore(self, snapshot: Any) -> None:  # empty on purpose: no state beyond the accounts
+        """Put back what :meth:`snapshot` returned."""
+
     # A detector whose finding is about something other than the event at hand (a
     # loan completed by whichever of two topics' events arrives last) may define
     #
@@ -276,12 +286,13 @@ class ThresholdAlerter(_Parametrised):
     def has_global_state(self) -> bool:
         """Whether the alerter holds state beyond the accounts' (a model, a budget).
 
-        A whole-stream detector has a model when it overrides :meth:`Detector.snapshot`.
+        A detector has one when it overrides ``snapshot``: a whole-stream model, or
+        a keyed detector's population limits learnt beside its per-account states.
         """
         if self._budget is not None:
             return True
-        return isinstance(self.detector, Detector) and (
-            type(self.detector).snapshot is not Detector.snapshot)
+        kind = type(self.detector)
+        return kind.snapshot not in (Detector.snapshot, KeyedDetector.snapshot)
 
     def snapshot(self) -> dict[str, Any]:
         """The global state, JSON-able: the detector's model and the budget's histograms.
@@ -290,10 +301,9 @@ class ThresholdAlerter(_Parametrised):
         :meth:`restore` takes only what still applies.
         """
         detector = self.detector
-        model = isinstance(detector, Detector)
         return {
-            "detector_params": repr(detector) if model else None,
-            "detector": cast("Detector", detector).snapshot() if model else None,
+            "detector_params": repr(detector),
+            "detector": detector.snapshot(),
             "budget_params": self._budget_params(),
             "budget": self._budget.snapshot() if self._budget is not None else None,
         }
@@ -305,8 +315,9 @@ class ThresholdAlerter(_Parametrised):
         fresh. Raises ``ValueError`` for a snapshot that does not decode.
         """
         detector = self.detector
-        if isinstance(detector, Detector) and snapshot.get("detector_params") == repr(detector):
-            detector.restore(snapshot["detector"])
+        learnt = snapshot.get("detector")
+        if learnt is not None and snapshot.get("detector_params") == repr(detector):
+            detector.restore(learnt)
         budget = self._budget
         if budget is not None and snapshot.get("budget_params") == self._budget_params():
             budget.restore(snapshot["budget"])

@@ -1203,12 +1203,11 @@ def check_state_json_round_trip(factory: AlerterFactory) -> None:
         restored = {account: loads(dumps(state)) for account, state in states.items()}
         assert restored == states, f"{codec}: states changed in a round trip"
         # A keyed detector may keep global state as well (learnt population limits):
-        # both replays start from the same. KeyedDetector does not declare
-        # snapshot/restore yet, hence getattr.
-        snapshot = getattr(alerter.detector, "snapshot", lambda: None)()
+        # both replays start from the same.
+        snapshot = alerter.detector.snapshot()
         original = _replay(alerter, events[half:], copy.deepcopy(states)).scores
         if snapshot is not None:
-            alerter.detector.restore(loads(dumps(snapshot)))  # type: ignore[union-attr]
+            alerter.detector.restore(loads(dumps(snapshot)))
         after = _replay(alerter, events[half:], restored).scores
         assert original == after, (
             f"{codec}: next scores differ at {_first_difference(original, after)}"
