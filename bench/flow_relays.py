@@ -52,6 +52,8 @@ VARIANTS: Mapping[str, dict[str, Any]] = {
     "unchecked": {"novel_transfers": None, "amount_ratio": None},
     "hub-32": {"hub_degree": 32},
     "hub-4": {"hub_degree": 4},
+    "hub-6": {"hub_degree": 6},
+    "hub-5": {"hub_degree": 5},
     "ratio-4": {"amount_ratio": 4},
     "paths-16": {"max_entries": 16},
     "relays-3": {"relay_hops": 3},

@@ -754,7 +754,7 @@ def _flow_records(rng: random.Random) -> list[LabelledRecord]:
         record = {
             "_key": receiver, "kind": "edge", "event_id": f"tr-{next(numbers):05d}",
             "event_type": "transfer", "ts": ts, "sender": sender, "receiver": receiver,
-            "amount_minor": amount,
+            "amount_minor": amount, "currency": "CNY",
         }  # fmt: skip
         timeline.add(ts, LabelledRecord(record, anomaly, back_anomaly))
 
@@ -867,7 +867,7 @@ def _identity_records(rng: random.Random) -> list[LabelledRecord]:
             record = {
                 "_key": f"{kind}:{digest}", "kind": "identity", "identity_kind": kind,
                 "event_id": event_id, "event_type": event_type, "ts": ts, "account_id": account,
-                "amount_minor": amount,
+                "amount_minor": amount, "currency": "CNY" if amount is not None else None,
             }  # fmt: skip
             timeline.add(ts, LabelledRecord(record, (labels or {}).get(kind)))
 
@@ -975,7 +975,7 @@ def _project_records(rng: random.Random) -> list[LabelledRecord]:
         item = {
             "_key": project, "kind": "project", "event_type": event_type,
             "event_id": f"cf-{next(numbers):05d}", "ts": backing.ts,
-            "account_id": backing.account, "amount_minor": backing.amount,
+            "account_id": backing.account, "amount_minor": backing.amount, "currency": "CNY",
             "device_id_hash": backing.device, "account_events": backing.account_events,
             "project_id": project,
         }  # fmt: skip

@@ -1057,6 +1057,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                         history: Path | None = None,
                         labels: Sequence[LabelledEvent] | None = None,
                         group_labels: Sequence[GroupLabel] | None = None,
+                        alerts_sink: list[dict[str, Any]] | None = None,
                         progress: Progress | None = None) -> Evaluation:
     """Simulated labelled traffic, or a history, through a real worker, scored.
 
@@ -1082,6 +1083,8 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
         Ground truth for a history; default the ``label`` field of its lines.
     group_labels
         A labels CSV's rows: scored into ``Evaluation.labelled``, as by ``backtest``.
+    alerts_sink
+        Receives every alert record read off the alert topic.
     progress
         Receives progress lines.
     """
@@ -1191,6 +1194,8 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
             with contextlib.suppress(Exception):
                 deleted = await _delete_topics(settings, prefix)
                 report(f"evaluate: deleted {len(deleted)} topics {prefix}.*")
+    if alerts_sink is not None:
+        alerts_sink.extend(records)
     alerts = [a for a in (ScoredAlert.from_record(r, published_at) for r in records)
               if a is not None]
     detectors = [a.name for a in rules.account]

@@ -263,7 +263,8 @@ def _event_of(record: Mapping[str, Any], features: Mapping[str, Any]) -> Event:
         occurred_at=datetime.fromtimestamp(ts, UTC),
         account_id=str(features.get("account_id") or record.get("account_id") or ""),
         amount_minor=amount if isinstance(amount, int) else None,
-        currency="CNY" if isinstance(amount, int) else None,
+        # a relay's record carries no currency: the alert then names none rather than a guess
+        currency=(record.get("currency") or None) if isinstance(amount, int) else None,
         counterparty_id=features.get("counterparty_id"),
     )
 
@@ -282,7 +283,7 @@ def forwards_for(event: Event, x: Mapping[str, Any],
             "_key": event.counterparty_id, "kind": "edge", "event_id": event.event_id,
             "event_type": event.event_type, "ts": ts, "sender": event.account_id,
             "receiver": event.counterparty_id, "amount_minor": amount,
-            "sender_origins": origins_for_edge(sketch, event.account_id, ts),
+            "currency": event.currency, "sender_origins": origins_for_edge(sketch, event.account_id, ts),
         }))
     if event.event_type in IDENTITY_EVENT_TYPES:
         for kind in IDENTITY_KINDS:
@@ -292,13 +293,15 @@ def forwards_for(event: Event, x: Mapping[str, Any],
                     "_key": f"{kind}:{digest}", "kind": "identity", "identity_kind": kind,
                     "event_id": event.event_id, "event_type": event.event_type, "ts": ts,
                     "account_id": event.account_id, "amount_minor": amount,
+                    "currency": event.currency,
                 }))
     project = event.attributes.get("project_id")
     if event.event_type in PROJECT_EVENT_TYPES and isinstance(project, str) and project:
         out.append(Forward(PROJECT, project, {
             "_key": project, "kind": "project", "event_type": event.event_type,
             "event_id": event.event_id, "ts": ts, "account_id": event.account_id,
-            "amount_minor": amount, "device_id_hash": event.pii.get("device_id"),
+            "amount_minor": amount, "currency": event.currency,
+            "device_id_hash": event.pii.get("device_id"),
             "account_events": x.get("account_events", 0), "project_id": project,
         }))
     return out

@@ -59,9 +59,9 @@ REQUIRED_RECORD_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
     "project": ("_key", "kind", "event_type", "event_id", "ts", "account_id"),
 }
 OPTIONAL_RECORD_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
-    "flow": ("event_type", "amount_minor", "sender_origins"),
-    "identity": ("event_type", "amount_minor"),
-    "project": ("amount_minor", "device_id_hash", "account_events", "project_id"),
+    "flow": ("event_type", "amount_minor", "currency", "sender_origins"),
+    "identity": ("event_type", "amount_minor", "currency"),
+    "project": ("amount_minor", "currency", "device_id_hash", "account_events", "project_id"),
 }
 
 
