@@ -283,7 +283,8 @@ def forwards_for(event: Event, x: Mapping[str, Any],
             "_key": event.counterparty_id, "kind": "edge", "event_id": event.event_id,
             "event_type": event.event_type, "ts": ts, "sender": event.account_id,
             "receiver": event.counterparty_id, "amount_minor": amount,
-            "currency": event.currency, "sender_origins": origins_for_edge(sketch, event.account_id, ts),
+            "currency": event.currency,
+            "sender_origins": origins_for_edge(sketch, event.account_id, ts),
         }))
     if event.event_type in IDENTITY_EVENT_TYPES:
         for kind in IDENTITY_KINDS:
