@@ -4,7 +4,7 @@ A configuration is a JSON-compatible mapping (the worker reads it from the file
 named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
 
     {
-      "version": "defaults-3",
+      "version": "defaults-4",
       "detectors": {
         "<detector name>": {
           "params": {...},              # constructor arguments; defaults when left out
@@ -108,7 +108,7 @@ STAGE_DETECTORS: Final[Mapping[str, type[Detector]]] = {
 #: The packaged configuration. Treat it as read-only: :func:`build_alerters`
 #: copies what it uses, and ``copy.deepcopy`` gives a version to edit.
 DEFAULT_CONFIG: Final[dict[str, Any]] = {
-    "version": "defaults-3",
+    "version": "defaults-4",
     "detectors": {
         "velocity": {
             # Sums are money, so they are per currency: 50,000.00 CNY a minute, 100,000.00
