@@ -6,7 +6,7 @@ worker's own code offline (:func:`streams.evaluation.backtest`) with the default
 configuration. A detector whose configuration has a ``budget`` (a fraction of the events
 it scores) must keep its alerts within it; one without is held to
 :data:`CEILING_PER_1000`. The figures per variant and detector, and the commands that
-print them, are in ``docs/population-variants.md``.
+print them, are in ``docs/detection.md`` ("Population variants").
 """
 
 from __future__ import annotations
