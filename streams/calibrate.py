@@ -164,8 +164,30 @@ def render_calibration(result: Calibration) -> str:
     if with_precision:
         lines.append("precision: that detector's alerts naming a labelled event, over all its "
                      "alerts (from --labels).")
+    lines.extend(_recall_lines(result))
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
+
+
+def _recall_lines(result: Calibration) -> list[str]:
+    """Per labelled pattern, groups caught before and after (with a labels CSV)."""
+    before = result.before.labelled if result.before is not None else None
+    after = result.after.labelled if result.after is not None else None
+    if before is None or after is None:
+        return []
+    lines = ["", f"{'pattern':22} {'groups':>6} {'recall before':>13} {'recall after':>12} "
+                 f"{'first 3 before':>14} {'first 3 after':>13}"]
+    later = {row.pattern: row for row in after.patterns}
+    for row in before.patterns:
+        fitted = later.get(row.pattern)
+        lines.append(
+            f"{row.pattern:22} {row.groups:>6,} {_share(row.group_recall):>13} "
+            f"{_share(fitted.group_recall if fitted else None):>12} "
+            f"{_share(row.first_3_share):>14} "
+            f"{_share(fitted.first_3_share if fitted else None):>13}")
+    lines.append("recall: labelled groups named by an alert of any detector; first 3: named "
+                 "by the time the group's third event was processed.")
+    return lines
 
 
 # -- recording scores ------------------------------------------------------------------------

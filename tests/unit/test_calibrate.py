@@ -134,3 +134,25 @@ def test_the_command_writes_a_file_rules_publish_accepts(tmp_path: Path, history
     assert "txwatch rules publish" in done.stdout
     assert "pass 1" in done.stderr  # progress on stderr
     build_rules(orjson.loads(out.read_bytes()))
+
+
+def test_with_a_labels_csv_the_report_gives_precision_and_recall(tmp_path: Path,
+                                                                history: Path) -> None:
+    import csv
+
+    labelled = [orjson.loads(line) for line in history.read_bytes().splitlines()]
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["event_id", "label", "pattern", "group"])
+        for event in labelled:
+            if event.get("label"):
+                writer.writerow([event["event_id"], 1, event["label"],
+                                 event.get("incident") or event["account_id"]])
+    result = calibrate(history, 0.5, config=noisy_config(), labels_path=labels)
+    table = result.table()
+    assert "recall before" in table and "prec. before" in table
+    assert result.before is not None and result.before.labelled is not None
+    ring = next(row for row in result.before.labelled.patterns
+                if row.pattern == "laundering_ring")
+    assert ring.groups > 0 and f"{'laundering_ring':22}" in table
