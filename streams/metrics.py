@@ -120,6 +120,12 @@ class PrometheusSensor(Sensor):
         self._score_children: dict[str, Histogram] = {}
         self._alert_children: dict[tuple[str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
+        # The configured detectors' histograms exist from the start, like their alert
+        # counters: a detector that first scores or alerts hours later (a learnt limit,
+        # a budget filling up) must not add series to a running Prometheus then.
+        for detector in dict.fromkeys(detector for detector, _ in alert_labels):
+            self._score_children[detector] = self.scores.labels(detector=detector)
+            self._latency_children[detector] = self.event_to_alert.labels(detector=detector)
 
     def on_event(self, event: Event, outcome: str) -> None:
         key = (event.event_type if event.event_type in EVENT_TYPES else "unknown", outcome)
