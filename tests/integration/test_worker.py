@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from detectors.registry import DEFAULT_CONFIG
 from streams.broker import create_topics
+from streams.rules import demo_config
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,28 @@ async def env(kafka_bootstrap: str, topic_prefix: str) -> dict[str, str]:
     return environment
 
 
+def fixed_outlier_config(tmp_path: Path) -> tuple[Path, str]:
+    """The development configuration with amount_outlier on a fixed threshold.
+
+    Shipped, amount_outlier alerts on its top 0.1% of scores once a segment has
+    500 scored payments; these few dozen payments would never fill that, so the
+    test takes the explicit fixed-threshold option a deployment may choose.
+    """
+    config = demo_config()
+    config["version"] = "worker-test-fixed-outlier"
+    outlier = config["detectors"]["amount_outlier"]
+    for key in ("budget", "segment_by", "min_scored"):
+        outlier.pop(key, None)
+    outlier["threshold"] = 3.5
+    path = tmp_path / "detectors.json"
+    path.write_bytes(orjson.dumps(config))
+    return path, config["version"]
+
+
 async def test_scenarios_produce_their_alerts_with_reasons_and_metrics(env, tmp_path: Path):
     bootstrap = env["TXWATCH_BROKER"]
+    config_path, version = fixed_outlier_config(tmp_path)
+    env = {**env, "TXWATCH_DETECTOR_CONFIG": str(config_path)}
     # an account with a steady history, then a payment 40x its usual amount
     history = [payment(i, "acct-spike", "120.00", seconds=3600 * i) for i in range(25)]
     spike = payment(99, "acct-spike", "4800.00", seconds=3600 * 26, event_id="spike-1")
@@ -79,7 +99,7 @@ async def test_scenarios_produce_their_alerts_with_reasons_and_metrics(env, tmp_
         assert sum(a["detector"] == "velocity" for a in alerts) == 1
         assert not [a for a in alerts if a["account_id"].startswith("acct-quiet")]
         for alert in alerts:
-            assert alert["config_version"] == DEFAULT_CONFIG["version"]
+            assert alert["config_version"] == version
             assert alert["detected_at"] >= alert["occurred_at"]
         assert worker.metric("txwatch_alerts_total", detector="velocity") == 1
         assert worker.metric("txwatch_alerts_total", detector="amount_outlier") >= 1
