@@ -265,7 +265,14 @@ class ThresholdAlerter(_Parametrised):
         """
         detector = self.detector
         if isinstance(detector, KeyedDetector):
-            return detector.learn_one(x, detector.new_state() if state is None else state)
+            if state is None:
+                state = detector.new_state()
+            # As process_one would: an event it flags is not learnt unless learn_flagged.
+            # With a budget the decision is not known again here; the event is learnt.
+            if (not self.learn_flagged and self._budget is None
+                    and detector.score_one(x, state) >= self.threshold):
+                return state
+            return detector.learn_one(x, state)
         return state
 
     def _alerts(self, x: Features, score: float) -> bool:
