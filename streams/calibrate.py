@@ -503,12 +503,9 @@ def _precision(fits: Mapping[str, DetectorFit], before: Evaluation,
 # -- command line ----------------------------------------------------------------------------
 
 
-def _progress_to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def run_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     """``txwatch calibrate HISTORY --budget PCT --out CONFIG [--labels FILE] [--config FILE]``."""
+    from streams.evaluation import progress_to_stderr
     from streams.rules import read_config_file
 
     for what, file in (("history", args.file), ("labels", args.labels), ("config", args.config)):
@@ -520,7 +517,7 @@ def run_calibrate(settings: Settings, args: argparse.Namespace) -> int:
             read_config_file(settings.detector_config)
             if settings.detector_config is not None else None)
         result = calibrate(args.file, args.budget, config=base, settings=settings,
-                           labels_path=args.labels, progress=_progress_to_stderr)
+                           labels_path=args.labels, progress=progress_to_stderr)
     except (ValueError, OSError) as exc:
         print(f"txwatch calibrate: {exc}", file=sys.stderr)
         return 2

@@ -109,7 +109,8 @@ PROGRESS_EVERY: Final = 2.0
 METRICS_LINE: Final = re.compile(rb"metrics on (http://\S+/metrics)")
 
 
-def _progress_to_stderr(line: str) -> None:
+def progress_to_stderr(line: str) -> None:
+    """A progress line on stderr, flushed (the long commands share it)."""
     print(line, file=sys.stderr, flush=True)
 
 
@@ -1246,7 +1247,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
                           if alerts_path is not None else None)
             result = backtest(args.file, config, settings=settings, labels=labels,
                               group_labels=group_labels, alerts_out=alerts_out,
-                              progress=_progress_to_stderr, rejected=rejected)
+                              progress=progress_to_stderr, rejected=rejected)
     except (ValueError, OSError) as exc:
         print(f"txwatch backtest: {exc}", file=sys.stderr)
         return 2
@@ -1255,7 +1256,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(result.table())
     if alerts_path is not None:
-        _progress_to_stderr(f"backtest: {result.alerts:,} alerts written to {alerts_path}")
+        progress_to_stderr(f"backtest: {result.alerts:,} alerts written to {alerts_path}")
     verbose, allow_bad = getattr(args, "verbose", False), getattr(args, "allow_bad", False)
     for line in describe_rejected(rejected, result.events, args.file, verbose=verbose):
         print(line, file=sys.stderr)
@@ -1292,14 +1293,14 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             target, events=args.events, seed=args.seed, accounts=args.accounts, rate=args.rate,
             config_path=args.config, timeout=args.timeout, work_dir=args.work_dir,
             keep_topics=args.keep_topics, history=history, labels=labels,
-            group_labels=group_labels, progress=_progress_to_stderr))
+            group_labels=group_labels, progress=progress_to_stderr))
 
     try:
         if args.local_broker:
             from dataclasses import replace
 
-            _progress_to_stderr("evaluate: starting a local Kafka broker ...")
-            with LocalKafka(progress=_progress_to_stderr) as kafka:
+            progress_to_stderr("evaluate: starting a local Kafka broker ...")
+            with LocalKafka(progress=progress_to_stderr) as kafka:
                 result = run(replace(settings, broker=kafka.bootstrap))
         else:
             result = run(settings)

@@ -457,12 +457,10 @@ def _check_header(source: Path, fieldnames: Sequence[str] | None) -> None:
 # -- command line ---------------------------------------------------------------------------
 
 
-def _progress_to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def run_import_csv(settings: Settings, args: argparse.Namespace) -> int:
     """``txwatch import-csv CSV --out EVENTS.jsonl [--labels-out LABELS.csv] ...``."""
+    from streams.evaluation import progress_to_stderr
+
     if not args.csv.exists():
         print(f"txwatch import-csv: no such file: {args.csv}", file=sys.stderr)
         return 2
@@ -473,7 +471,7 @@ def run_import_csv(settings: Settings, args: argparse.Namespace) -> int:
             type_map=parse_type_map(args.type_map or []), id_prefix=args.id_prefix)
         summary = import_csv(args.csv, args.out, labels_out=args.labels_out,
                              converter=converter, allow_bad=args.allow_bad,
-                             progress=_progress_to_stderr)
+                             progress=progress_to_stderr)
     except (ImportFailed, OSError) as exc:
         print(f"txwatch import-csv: {exc}", file=sys.stderr)
         return 2
