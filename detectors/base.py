@@ -256,23 +256,29 @@ class ThresholdAlerter(_Parametrised):
             whole_stream.learn_one(x)
         return finding, state
 
-    def learn_only(self, x: Features, state: Any = None) -> Any:
+    def learn_only(self, x: Features, state: Any = None, *, flagged: bool = False) -> Any:
         """Update an account's state with ``x`` without scoring it or counting it in the budget.
 
-        For an event whose effect on the global state (the model, the budget)
-        is already there, as after a crash that wrote that state and not the
-        account's. A whole-stream detector learns nothing; returns the state.
+        For an event whose effect on the global state (the model, the budget,
+        learnt limits) is already there, as after a crash that wrote that state
+        and not the account's. ``flagged`` is the decision taken then (it
+        cannot be taken again: the budget has counted the event): a flagged
+        event is not learnt unless ``learn_flagged``, as in
+        :meth:`process_one`. Only the account's state learns: learnt population
+        limits are left as they were. A whole-stream detector learns nothing;
+        returns the state.
         """
         detector = self.detector
         if isinstance(detector, KeyedDetector):
             if state is None:
                 state = detector.new_state()
-            # As process_one would: an event it flags is not learnt unless learn_flagged.
-            # With a budget the decision is not known again here; the event is learnt.
-            if (not self.learn_flagged and self._budget is None
-                    and detector.score_one(x, state) >= self.threshold):
+            if flagged and not self.learn_flagged:
                 return state
-            return detector.learn_one(x, state)
+            # its population (learnt limits) has counted the event too: not twice
+            population = detector.snapshot()
+            state = detector.learn_one(x, state)
+            if population is not None:
+                detector.restore(population)
         return state
 
     def _alerts(self, x: Features, score: float) -> bool:

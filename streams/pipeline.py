@@ -70,7 +70,7 @@ class PartitionModels:
     budget) are shared by every partition.
     """
 
-    __slots__ = ("globals", "offset", "partition", "plan", "templates", "written")
+    __slots__ = ("flagged", "globals", "offset", "partition", "plan", "templates", "written")
 
     def __init__(self, templates: list[ThresholdAlerter], partition: int | None) -> None:
         self.templates = templates
@@ -83,6 +83,11 @@ class PartitionModels:
         self.globals = [a for a in alerters if a.has_global_state]
         #: last input offset whose event the models learnt (``None``: none, or offline)
         self.offset: int | None = None
+        #: ``(offset, detector)`` of the events of the batch being written that a
+        #: keyed alerter with global state flagged, so did not learn: a replay of
+        #: that batch (models delivered, accounts not) cannot decide that again,
+        #: since its budget or limits already counted the event
+        self.flagged: set[tuple[int, str]] = set()
         #: the record last written to or read from the model store: another one
         #: there means the partition's state came from elsewhere (a recovery)
         self.written: Any = None
@@ -98,10 +103,12 @@ class PartitionModels:
             if state is not None:
                 alerter.restore(state)
         self.offset = record["offset"]
+        self.flagged = {(offset, name) for offset, name in record.get("flagged", ())}
 
     def state(self) -> dict[str, Any]:
         return {"format": MODEL_FORMAT, "offset": self.offset,
-                "alerters": {a.name: a.snapshot() for a in self.globals}}
+                "alerters": {a.name: a.snapshot() for a in self.globals},
+                "flagged": sorted(self.flagged)}
 
     def dumps(self) -> bytes:
         return orjson.dumps(self.state())
@@ -202,6 +209,8 @@ class Monitor:
             if store is not None:
                 store[key] = record
             records.append((key, models.partition, record))
+            # the batch's accounts are delivered before the next batch starts
+            models.flagged.clear()
         self._changed.clear()
         return records
 
@@ -277,7 +286,8 @@ class Monitor:
         for alerter, name, wallet, is_global in models.plan:
             before = detectors.get(name)
             if learnt and is_global:
-                if (kept := alerter.learn_only(x, before)) is not None:
+                flagged = (offset, name) in models.flagged
+                if (kept := alerter.learn_only(x, before, flagged=flagged)) is not None:
                     detectors[name] = kept
                 continue
             if wallet:
@@ -295,6 +305,8 @@ class Monitor:
                 sensor.on_score(name, score)
             if finding is None:
                 continue
+            if is_global and offset is not None and not alerter.learn_flagged:
+                models.flagged.add((offset, name))
             if ts < state.quiet_until.get(name, 0):
                 continue
             cooldown = self.cooldown_seconds.get(name, 0)
