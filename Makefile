@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Touched after a successful install; older than pyproject.toml means reinstall.
 VENV_STAMP := $(VENV)/.txwatch-installed
+BENCH_STAMP := $(VENV)/.txwatch-bench-installed
 
 .DEFAULT_GOAL := help
 .PHONY: help venv demo test lint bench broker prometheus stack stack-sim stack-down clean distclean
@@ -44,7 +45,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: venv
+# the benchmark's own extra (matplotlib for the chart, py-spy for --profile)
+$(BENCH_STAMP): pyproject.toml $(VENV_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/throughput.py
 
 broker: venv
