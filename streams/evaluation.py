@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import orjson
+from aiokafka.partitioner import murmur2
 
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
@@ -750,6 +751,22 @@ def _lines(path: Path) -> Iterator[bytes]:
                 yield raw
 
 
+def input_partition(key: bytes | None, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's and Java's) gives ``key``.
+
+    A line without an account id (a dead letter to be) goes to partition 0;
+    live, the producer picks one at random.
+
+    >>> input_partition(b"acct-1", 1), input_partition(None, 4)
+    (0, 0)
+    >>> sorted({input_partition(f"acct-{i}".encode(), 4) for i in range(100)})
+    [0, 1, 2, 3]
+    """
+    if key is None or partitions <= 1:
+        return 0
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
              settings: Settings | None = None, labels: Iterable[LabelledEvent] | None = None,
              group_labels: Sequence[GroupLabel] | None = None,
@@ -783,11 +800,17 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
         (``txwatch calibrate`` records every score with one).
     rejected
         Receives each dead-lettered line's number, reason and detail.
+
+    Each line goes to the input topic and partition ``txwatch replay`` would
+    send it to (``settings.partitions``, Kafka's default partitioner on the
+    account id), with that partition's own offsets: the global models and
+    alert budgets, one per input partition, see what a worker's see.
     """
     from streams.codec import Decoder
     from streams.pipeline import Monitor
     from streams.rules import build_rules, detector_config
     from streams.settings import Settings
+    from streams.simulate import route_line
     from streams.stages import FLOW, STAGES, build_stages, stage_deriver
     from streams.state import AccountState
 
@@ -812,7 +835,8 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     events = dead_letters = stage_records = 0
     wanted = {label.event_id for label in group_labels or ()}
     history: dict[str, tuple[int, datetime]] = {}
-    source = path.name
+    partitions = settings.partitions
+    next_offset: dict[tuple[str, int], int] = defaultdict(int)
     started = last_report = time.monotonic()
     for offset, (line_number, raw) in enumerate(numbered_lines(path)):
         events += 1
@@ -823,7 +847,12 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
                     label = LabelledEvent.from_record(record)
                     if label is not None:
                         found_labels.append(label)
-        outcome = monitor.process(raw, states, topic=source, partition=0, offset=offset)
+        topic, key, _ = route_line(raw, settings)
+        partition = input_partition(key, partitions)
+        position = next_offset[topic, partition]
+        next_offset[topic, partition] = position + 1
+        outcome = monitor.process(raw, states, topic=topic, partition=partition,
+                                  offset=position)
         if outcome.dead_letter is not None:
             dead_letters += 1
             if rejected is not None:

@@ -98,6 +98,7 @@ __all__ = [
     "precipitated_funds",
     "rapid_pass_through",
     "replay",
+    "route_line",
     "scatter_gather",
     "scenario_named",
     "shared_identity",
@@ -2653,7 +2654,7 @@ def _simulation_detail(traffic: TrafficGenerator, occurred_at: str | None) -> st
     return f"event time {occurred_at}, incidents {incidents or 'none'}"
 
 
-def _route_line(raw: bytes, settings: Settings) -> tuple[str, bytes | None, str]:
+def route_line(raw: bytes, settings: Settings) -> tuple[str, bytes | None, str]:
     """Topic, key and kind (``event``, ``unparseable``, ``unknown_type``) of one line."""
     try:
         document = orjson.loads(raw)
@@ -2713,7 +2714,7 @@ async def replay(
                 if not raw.strip():
                     kinds["blank"] += 1
                     continue
-                topic, key, kind = _route_line(raw, settings)
+                topic, key, kind = route_line(raw, settings)
                 kinds[kind] += 1
                 await publisher.send(topic, key, raw)
                 if publisher.report_due():
