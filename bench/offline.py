@@ -89,13 +89,13 @@ def child(tree: Path, path: Path, sensor: bool, alerts_out: Path | None,
 
         Alert.from_finding = classmethod(record)  # type: ignore[method-assign,assignment]
     if chunk is not None:
-        lines = evaluation._lines
+        lines = evaluation.numbered_lines
 
-        def in_chunks(source: Path) -> Iterator[bytes]:
+        def in_chunks(source: Path) -> Iterator[tuple[int, bytes]]:
             _report(None)  # set up: wait for the first turn
             cpu, wall, count = time.process_time(), time.perf_counter(), 0
-            for raw in lines(source):
-                yield raw  # backtest processes it before asking for the next one
+            for numbered in lines(source):
+                yield numbered  # backtest processes it before asking for the next one
                 count += 1
                 if count == chunk:
                     _report({"cpu": time.process_time() - cpu,
@@ -104,7 +104,7 @@ def child(tree: Path, path: Path, sensor: bool, alerts_out: Path | None,
             _report({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
                      "lines": count, "last": True})
 
-        evaluation._lines = in_chunks  # type: ignore[assignment]
+        evaluation.numbered_lines = in_chunks  # type: ignore[assignment]
     result = evaluation.backtest(path)
     if alerts_out is not None:
         alerts_out.write_text(json.dumps(recorded))
