@@ -27,6 +27,7 @@ import orjson
 from faust.serializers import codecs
 
 from detectors.registry import DEFAULT_CONFIG
+from streams.clients import replica_configs
 from streams.codec import Decoder
 from streams.metrics import PrometheusSensor
 from streams.pipeline import Monitor
@@ -184,13 +185,16 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     if metrics is not None:
         sensors.add(metrics)
     stages = build_stage_set(settings, sensors)
+    # ``txwatch worker`` decides the replicas before it gets here (0: one, in tests and tools)
+    replicas = settings.replication_factor or 1
+    replicated = replica_configs(replicas)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
         broker_credentials=broker_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replicas,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.consumer_session_timeout,
@@ -204,29 +208,33 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     input_topic = app.topic(
         *settings.input_topics, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
+        config=replicated,
     )
     alert_topic = app.topic(
         settings.alert_topic, key_serializer="raw", value_serializer="raw",
-        partitions=settings.partitions,
+        partitions=settings.partitions, config=replicated,
     )
     dead_letter_topic = app.topic(
         settings.dead_letter_topic, key_serializer="raw", value_serializer="raw",
-        partitions=settings.partitions,
+        partitions=settings.partitions, config=replicated,
     )
     table = app.Table(TABLE_NAME, default=None, partitions=settings.partitions,
-                      key_type=bytes, value_type=StoredAccountState)
+                      key_type=bytes, value_type=StoredAccountState,
+                      extra_topic_configs=replicated)
     model_table = app.Table(MODEL_TABLE_NAME, default=None, partitions=settings.partitions,
-                            key_type=bytes, value_type=StoredModels)
+                            key_type=bytes, value_type=StoredModels,
+                            extra_topic_configs=replicated)
     stage_topics: dict[str, Any] = {}
     stage_tables: dict[str, Any] = {}
     for name in stages:
         # keyed like the input topics, same partition count: co-partitioned with them
         stage_topics[name] = app.topic(
             stage_topic(settings.app_id, name), key_serializer="raw", value_serializer="raw",
-            partitions=settings.partitions, internal=True,
+            partitions=settings.partitions, internal=True, config=replicated,
         )
         stage_tables[name] = app.Table(
-            f"{name}-sketches", default=None, partitions=settings.partitions, key_type=bytes)
+            f"{name}-sketches", default=None, partitions=settings.partitions, key_type=bytes,
+            extra_topic_configs=replicated)
     flow_states = stage_tables[FLOW].data if FLOW in stage_tables else None
     monitor = build_monitor(settings, sensors, stages, flow_states)
     runtime = Runtime(settings, app, input_topic, alert_topic, dead_letter_topic, table,

@@ -301,7 +301,7 @@ def _run_coroutine_in_thread(factory: Callable[[], Coroutine[Any, Any, bool]]) -
     return outcome[0]
 
 
-async def _broker_answers(bootstrap: str, timeout: float) -> bool:
+async def _broker_answers(bootstrap: str, timeout: float, node_id: int = NODE_ID) -> bool:
     """True when the broker answers a metadata request and lists itself and a controller."""
     admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-broker-probe",
                           request_timeout_ms=max(int(timeout * 1000), 1000))
@@ -313,7 +313,7 @@ async def _broker_answers(bootstrap: str, timeout: float) -> bool:
     finally:
         await admin.close()
     brokers = {broker["node_id"] for broker in cluster.get("brokers", [])}
-    return NODE_ID in brokers and cluster.get("controller_id", -1) >= 0
+    return node_id in brokers and cluster.get("controller_id", -1) >= 0
 
 
 #: SASL mechanisms a :class:`SecureListener` can offer.
@@ -431,6 +431,10 @@ class LocalKafka:
         Also listen for SASL_SSL clients (see :class:`SecureListener`).
     heap
         Maximum JVM heap, as in ``-Xmx``.
+    node_id, cluster_id, quorum_voters
+        For a node of a :class:`LocalKafkaCluster`: its id, the cluster's id
+        (every node formats its storage with it) and the controller quorum
+        (``id@host:port,...``); a cluster of one by default.
     start_timeout
         Seconds to wait for the broker to answer before giving up.
     stop_timeout
@@ -455,10 +459,16 @@ class LocalKafka:
         extra_properties: Mapping[str, str] | None = None,
         secure_listener: SecureListener | None = None,
         heap: str = "512m",
+        node_id: int = NODE_ID,
+        cluster_id: str | None = None,
+        quorum_voters: str | None = None,
         start_timeout: float = 60.0,
         stop_timeout: float = 30.0,
         progress: Progress | None = None,
     ) -> None:
+        self.node_id = node_id
+        self._cluster_id = cluster_id
+        self._quorum_voters = quorum_voters
         self._owns_data_dir = data_dir is None
         self._data_dir = (
             Path(tempfile.mkdtemp(prefix="txwatch-kafka-")) if data_dir is None else data_dir
@@ -552,6 +562,15 @@ class LocalKafka:
             The broker exits, cannot format its storage or does not answer in
             ``start_timeout`` seconds; the message ends with the log tail.
         """
+        started = self.launch()
+        self.wait_ready(started)
+
+    def launch(self) -> float:
+        """Start the JVM without waiting for it; returns when it was started (monotonic).
+
+        A node of a cluster answers only once a quorum of controllers runs, so
+        :class:`LocalKafkaCluster` launches every node before it waits.
+        """
         if self.running:
             message = f"the broker on {self.bootstrap} is already running"
             raise BrokerError(message)
@@ -582,6 +601,10 @@ class LocalKafka:
             start_new_session=True,
         )
         _running.add(self)
+        return started
+
+    def wait_ready(self, started: float) -> None:
+        """Return once the launched broker answers; stop it and raise if it does not in time."""
         try:
             self._wait_until_ready(started + self._start_timeout)
         except BaseException:
@@ -694,8 +717,9 @@ class LocalKafka:
         port, controller = self.port, self._controller_port
         properties = {
             "process.roles": "broker,controller",
-            "node.id": str(NODE_ID),
-            "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": (
+                self._quorum_voters or f"{self.node_id}@{HOST}:{controller}"),
             "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
             "controller.listener.names": "CONTROLLER",
@@ -749,7 +773,7 @@ class LocalKafka:
             "kafka.tools.StorageTool",
             "format",
             "--cluster-id",
-            _cluster_id(),
+            self._cluster_id or _cluster_id(),
             "--config",
             str(self.properties_path),
             *(self._secure.format_arguments() if self._secure is not None else ()),
@@ -793,7 +817,8 @@ class LocalKafka:
                 raise BrokerStartError(message, self.log_tail())
             # A cheap TCP check first keeps the client from logging connection errors.
             if _accepts_tcp(self.port):
-                probe = functools.partial(_broker_answers, self.bootstrap, min(remaining, 10.0))
+                probe = functools.partial(_broker_answers, self.bootstrap, min(remaining, 10.0),
+                                          self.node_id)
                 if _run_coroutine_in_thread(probe):
                     return
             # Polling a child process and a socket: there is no event to wait on.
@@ -816,6 +841,123 @@ class LocalKafka:
             self._output.close()
             self._output = None
         return clean
+
+
+class LocalKafkaCluster:
+    """Several :class:`LocalKafka` nodes, each a broker and a controller, in one KRaft cluster.
+
+    For tests of replication and failover: every node listens on 127.0.0.1 on
+    ports chosen up front, formats its storage with the same cluster id, and
+    votes in one controller quorum; the internal topics (consumer offsets,
+    transactions) get ``size`` replicas, at most 3, and need all but one in sync.
+
+    Parameters
+    ----------
+    size
+        Nodes (3 tolerate one stopped).
+    data_dir
+        Parent of the nodes' directories (``node-1`` ...); a temporary
+        directory, removed by :meth:`close`, when ``None``.
+    heap
+        Maximum JVM heap of each node.
+    progress
+        Receives progress lines; stderr when ``None``.
+
+    Examples
+    --------
+    >>> with LocalKafkaCluster(3) as cluster:  # doctest: +SKIP
+    ...     cluster.stop_node(2)
+    ...     cluster.start_node(2)
+    """
+
+    def __init__(self, size: int = 3, data_dir: Path | None = None, *, heap: str = "384m",
+                 progress: Progress | None = None) -> None:
+        if size < 1:
+            message = f"a cluster needs at least one node, not {size}"
+            raise ValueError(message)
+        self._owns_data_dir = data_dir is None
+        self.data_dir = (Path(tempfile.mkdtemp(prefix="txwatch-kafka-cluster-"))
+                         if data_dir is None else data_dir).resolve()
+        replicas = min(size, 3)
+        insync = max(1, replicas - 1)
+        ports: list[int] = []
+        while len(ports) < 2 * size:
+            port = _free_port()
+            if port not in ports:
+                ports.append(port)
+        voters = ",".join(f"{node}@{HOST}:{ports[2 * (node - 1) + 1]}"
+                          for node in range(1, size + 1))
+        cluster_id = _cluster_id()
+        internal = {
+            "offsets.topic.replication.factor": str(replicas),
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(insync),
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": str(insync),
+        }
+        self.nodes = [
+            LocalKafka(self.data_dir / f"node-{node}", port=ports[2 * (node - 1)],
+                       controller_port=ports[2 * (node - 1) + 1], heap=heap, node_id=node,
+                       cluster_id=cluster_id, quorum_voters=voters, extra_properties=internal,
+                       progress=progress)
+            for node in range(1, size + 1)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def node(self, node_id: int) -> LocalKafka:
+        """The node with that ``node.id`` (1 to ``size``)."""
+        return self.nodes[node_id - 1]
+
+    def start(self) -> None:
+        """Launch every node, then wait until each answers (a quorum forms only then)."""
+        started = [(node, node.launch()) for node in self.nodes if not node.running]
+        try:
+            for node, at in started:
+                node.wait_ready(at)
+        except BaseException:
+            self.stop(timeout=5.0)
+            raise
+
+    def stop_node(self, node_id: int) -> None:
+        """Stop one node cleanly (its partitions' leadership moves to the others first)."""
+        self.node(node_id).stop()
+
+    def start_node(self, node_id: int) -> None:
+        """Start a stopped node again on its ports and data."""
+        self.node(node_id).start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every node (see :meth:`LocalKafka.stop`).
+
+        The last nodes to go cannot shut down cleanly without a controller
+        quorum: give a short ``timeout`` when their data does not matter.
+        """
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def close(self) -> None:
+        """Stop every node and remove the data if this object created the directory."""
+        self.stop(timeout=5.0)
+        for node in self.nodes:
+            node.close()
+        if self._owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKafkaCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
 
 async def create_topics(

@@ -33,7 +33,12 @@ def run_worker(settings: Settings) -> int:
 
     from streams import __version__
     from streams.app import create_app
-    from streams.clients import KafkaSetupError, check_access, create_topics
+    from streams.clients import (
+        KafkaSetupError,
+        check_access,
+        create_topics,
+        resolve_replication_factor,
+    )
     from streams.metrics import PrometheusSensor
     from streams.rules import build_rules, detector_config
     from streams.stages import STAGES, stage_topic
@@ -50,6 +55,8 @@ def run_worker(settings: Settings) -> int:
         # Wrong credentials or an untrusted certificate stop the worker here, with
         # the cause; Faust's own clients would log it and retry for ever.
         asyncio.run(check_access(settings))
+        # one number of replicas for the topics created here and those Faust creates
+        settings = asyncio.run(resolve_replication_factor(settings))
         # Faust subscribes before it would create a missing input topic, and would only
         # see it after a metadata refresh: create every topic we read or write first.
         # The derived stages' topics too: one Faust creates a few ms before it subscribes

@@ -13,6 +13,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -30,6 +31,44 @@ from streams.settings import Settings
 
 #: Most replicas a topic gets when the caller does not say (fewer brokers: one per broker).
 MAX_DEFAULT_REPLICATION = 3
+
+
+def min_insync_for(replication_factor: int) -> int:
+    """``min.insync.replicas`` for a topic with that many replicas: all but one, at least 1.
+
+    A write is then acknowledged by two replicas of three, and the topic
+    stays writable while one broker is down.
+
+    >>> [min_insync_for(n) for n in (1, 2, 3, 5)]
+    [1, 1, 2, 4]
+    """
+    return max(1, replication_factor - 1)
+
+
+def replica_configs(replication_factor: int) -> dict[str, str]:
+    """The topic configuration every topic txwatch creates carries."""
+    return {"min.insync.replicas": str(min_insync_for(replication_factor))}
+
+
+async def resolve_replication_factor(settings: Settings, **overrides: Any) -> Settings:
+    """``settings`` with ``replication_factor`` decided: as set, else the brokers, at most 3.
+
+    The worker calls it once at start, so that the topics it creates and those
+    Faust creates (changelogs) get the same number of replicas.
+    """
+    if settings.replication_factor > 0:
+        return settings
+    client = admin(settings, **overrides)
+    try:
+        await client.start()
+        cluster = await client.describe_cluster()
+    except KafkaError as exc:
+        message = f"cannot ask the cluster at {settings.broker} how many brokers it has: {exc!r}"
+        raise KafkaSetupError(message) from exc
+    finally:
+        await client.close()
+    brokers = len(cluster.get("brokers") or ())
+    return replace(settings, replication_factor=max(1, min(MAX_DEFAULT_REPLICATION, brokers)))
 
 
 class KafkaSetupError(RuntimeError):
@@ -100,10 +139,12 @@ async def create_topics(
     partitions
         Partitions of each new topic; ``settings.partitions`` when ``None``.
     replication_factor
-        Replicas of each new topic; the number of brokers, at most
-        :data:`MAX_DEFAULT_REPLICATION`, when ``None``.
+        Replicas of each new topic; when ``None``, ``settings.replication_factor``,
+        and when that is 0, the number of brokers, at most
+        :data:`MAX_DEFAULT_REPLICATION`.
     min_insync_replicas
-        ``min.insync.replicas`` of each new topic; the broker's default when ``None``.
+        ``min.insync.replicas`` of each new topic; one less than the replicas
+        (at least 1) when ``None`` (:func:`min_insync_for`).
     configs
         Further topic configuration (``cleanup.policy`` ...).
     timeout
@@ -125,13 +166,15 @@ async def create_topics(
     bootstrap = overrides.get("bootstrap_servers", settings.broker)
     try:
         await client.start()
+        if replication_factor is None and settings.replication_factor > 0:
+            replication_factor = settings.replication_factor
         if replication_factor is None:
             cluster = await client.describe_cluster()
             brokers = len(cluster.get("brokers") or ())
             replication_factor = max(1, min(MAX_DEFAULT_REPLICATION, brokers))
-        topic_configs = dict(configs or {})
-        if min_insync_replicas is not None:
-            topic_configs["min.insync.replicas"] = str(min_insync_replicas)
+        if min_insync_replicas is None:
+            min_insync_replicas = min_insync_for(replication_factor)
+        topic_configs = {"min.insync.replicas": str(min_insync_replicas), **(configs or {})}
         existing = set(await client.list_topics())
         missing = [name for name in topics if name not in existing]
         created: list[str] = []

@@ -107,6 +107,7 @@ from detectors.portfolio import (
     iso_time,
 )
 from streams.alerts import Alert, alert_id_for
+from streams.clients import replica_configs
 from streams.codec import parse_amount_minor
 from streams.events import DeadLetter, Event
 from streams.settings import PREFIX, Settings, SettingsError
@@ -817,15 +818,16 @@ def attach_portfolio(runtime: Runtime, *, registry: CollectorRegistry | None = N
         registry = REGISTRY if runtime.metrics is not None else CollectorRegistry()
     metrics = PortfolioMetrics(config, registry)
     settings = runtime.settings
+    replicated = replica_configs(settings.replication_factor or 1)
     table = app.Table(TABLE_NAME, default=None, partitions=settings.partitions, key_type=bytes,
-                      value_type=StoredLoanState)
+                      value_type=StoredLoanState, extra_topic_configs=replicated)
     partials_topic = app.topic(
         psettings.topic_for(settings), key_serializer="raw", value_serializer="raw",
-        partitions=1, compacting=True,
+        partitions=1, compacting=True, config=replicated,
     )
     lending_topic = app.topic(
         settings.lending_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-        value_serializer="raw", partitions=settings.partitions,
+        value_serializer="raw", partitions=settings.partitions, config=replicated,
     )
     agent = PortfolioAgent(runtime, config, psettings, metrics, table, partials_topic)
     app._txwatch_portfolio = agent

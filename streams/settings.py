@@ -120,6 +120,13 @@ class Settings:
     partitions: int = _env(
         "PARTITIONS", "Partitions of the input topics and of the state changelog.", 4, minimum=1
     )
+    replication_factor: int = _env(
+        "REPLICATION_FACTOR",
+        "Replicas of every topic txwatch creates (inputs, alerts, dead letters, derived stages,"
+        " rules, feedback, changelogs), with min.insync.replicas one less (at least 1); 0: the"
+        " number of brokers, at most 3.",
+        0, minimum=0, maximum=32,
+    )
     metrics_port: int = _env(
         "METRICS_PORT", "HTTP port of the Prometheus /metrics endpoint (0: any free port).", 9108,
         minimum=0, maximum=65535,

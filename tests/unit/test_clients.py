@@ -129,3 +129,33 @@ def test_plaintext_and_ssl_clients_have_no_sasl_options(protocol: str) -> None:
     assert built["security_protocol"] == protocol
     assert "sasl_plain_password" not in built
     assert ("ssl_context" in built) == (protocol == "SSL")
+
+
+def test_every_topic_and_changelog_of_the_worker_gets_the_replicas(tmp_path: Path) -> None:
+    # txwatch worker decides the replicas (TXWATCH_REPLICATION_FACTOR, else the brokers)
+    # before it builds the app; Faust creates the changelogs with what the app says
+    from streams.app import create_app
+
+    settings = Settings(app_id=f"unit-{tmp_path.name}", data_dir=tmp_path, partitions=2,
+                        dev_mode=True, replication_factor=3)
+    runtime = create_app(settings)
+    assert runtime.app.conf.topic_replication_factor == 3
+    tables = [runtime.table, runtime.model_table, *runtime.stage_tables.values()]
+    topics = [runtime.input_topic, runtime.alert_topic, runtime.dead_letter_topic,
+              *runtime.stage_topics.values(), *(t.changelog_topic for t in tables)]
+    assert len(topics) >= 8
+    for topic in topics:
+        assert topic.config["min.insync.replicas"] == "2", topic.get_topic_name()
+    loans = runtime.app._txwatch_portfolio.table  # the lending book (streams/portfolio.py)
+    assert loans.changelog_topic.config["min.insync.replicas"] == "2"
+
+
+@pytest.mark.parametrize(("replicas", "insync"), [(1, "1"), (2, "1"), (3, "2")])
+def test_one_broker_down_leaves_every_topic_writable(replicas: int, insync: str) -> None:
+    assert clients.replica_configs(replicas) == {"min.insync.replicas": insync}
+
+
+async def test_the_replicas_come_from_the_setting_before_the_cluster() -> None:
+    settings = Settings(broker="127.0.0.1:9", replication_factor=2)
+    # set: the cluster is not asked (nothing listens on port 9)
+    assert await clients.resolve_replication_factor(settings) is settings
