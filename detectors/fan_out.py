@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from typing import ClassVar, Final
 
 from detectors.base import Features, KeyedDetector
+from detectors.hashing import stable_hash
 from detectors.money import format_minor
 from detectors.params import optional_int, positive_int, string_set
 from detectors.timeline import KEPT_WINDOWS, densest_window, format_duration
@@ -15,25 +15,8 @@ from detectors.timeline import KEPT_WINDOWS, densest_window, format_duration
 #: Most counterparties an account's state remembers (the most recently paid).
 MAX_COUNTERPARTIES: Final = 64
 
-# One remembered counterparty: [counterparty_hash, last_ts].
+# One remembered counterparty: [counterparty hash, last_ts].
 _CP, _TS = range(2)
-
-
-def counterparty_hash(counterparty_id: str) -> int:
-    """A stable 48-bit number for a counterparty id (Python's ``hash`` is salted per process).
-
-    48 bits keep the number exact in JSON readers that use doubles, and make a
-    collision among an account's 64 remembered counterparties a one in ten
-    billion event.
-
-    Examples
-    --------
-    >>> counterparty_hash("acct-0000042") == counterparty_hash("acct-0000042")
-    True
-    >>> counterparty_hash("acct-0000042") < 2**48
-    True
-    """
-    return int.from_bytes(hashlib.blake2b(counterparty_id.encode(), digest_size=6).digest(), "big")
 
 
 class FanOut(KeyedDetector[list[list[int]]]):
@@ -55,13 +38,13 @@ class FanOut(KeyedDetector[list[list[int]]]):
     arrives late is not placed among its neighbours. The velocity detector
     already limits ``distinct_cp_*`` over all outflows.
 
-    State: ``[[counterparty_hash, last_ts], ...]`` sorted by ``last_ts``, one
+    State: ``[[counterparty hash, last_ts], ...]`` sorted by ``last_ts``, one
     pair per counterparty paid within ``2 * window_seconds`` of the newest
     event, at most
     :data:`MAX_COUNTERPARTIES` (the most recently paid): 64 pairs of ints at
     most (under 2 KB of JSON), whatever the traffic, and an empty list for an
     account that sent no transfer for two days. Counterparty ids are kept as 48-bit hashes
-    (:func:`counterparty_hash`), so a reason can count them but not name them.
+    (:func:`detectors.hashing.stable_hash`), so a reason can count them but not name them.
     Only the last time each counterparty was paid is kept: a counterparty paid
     both long before and just after a late event counts at its last time.
 
@@ -143,7 +126,7 @@ class FanOut(KeyedDetector[list[list[int]]]):
             return None
         if not counterparty:
             return None
-        return ts, counterparty_hash(counterparty)
+        return ts, stable_hash(counterparty)
 
     def _window(self, state: list[list[int]], ts: int, cp: int) -> tuple[int, int, bool]:
         """``(distinct, span_seconds, paid_nearby)`` of the densest window around this event."""

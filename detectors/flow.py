@@ -67,10 +67,10 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, ClassVar, Final, NamedTuple
 
 from detectors.base import Detector, Features
+from detectors.hashing import hash_hex, stable_hash
 from detectors.money import format_minor
 from detectors.params import non_negative_int, optional_int, positive_int
 from detectors.timeline import KEPT_WINDOWS, densest_window, format_duration
@@ -89,32 +89,6 @@ _DEST_LO, _DEST_HI = 4, 5
 # A sender in memory: [last_ts, last_amount_minor, first_ts, transfers, novel_ts,
 # novel_amount_minor], the last two of its latest transfer that extended paths (0 if none).
 _TS, _AMOUNT, _SEEN, _COUNT, _NOVEL_TS, _NOVEL_AMOUNT = range(6)
-
-
-@lru_cache(maxsize=65_536)
-def stable_hash(value: str) -> int:
-    """A stable 48-bit number for an account id or an event id.
-
-    Python's ``hash`` is salted per process, so it cannot be stored or sent to
-    another worker. 48 bits keep the number exact in JSON readers that use
-    doubles and make a collision among one sketch's entries a one in ten
-    billion event.
-
-    Examples
-    --------
-    >>> stable_hash("acct-0000042") == stable_hash("acct-0000042")
-    True
-    >>> stable_hash("acct-0000042") < 2**48
-    True
-    >>> hash_hex(stable_hash("acct-0000042"))
-    'e882e56bfaca'
-    """
-    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=6).digest(), "big")
-
-
-def hash_hex(value: int) -> str:
-    """A :func:`stable_hash` as 12 hexadecimal digits."""
-    return f"{value:012x}"
 
 
 @dataclass(frozen=True, slots=True)

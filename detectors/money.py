@@ -35,3 +35,19 @@ def format_minor(amount_minor: int) -> str:
         message = f"amount_minor must be an int of hundredths, not {amount_minor!r}"
         raise TypeError(message)
     return f"{Decimal(amount_minor).scaleb(-2):,.2f}"
+
+
+def contract_amount(amount_minor: int) -> str:
+    """The event contract's form of an amount: major units, a point, two digits, no separators.
+
+    Examples
+    --------
+    >>> contract_amount(1_234_567), contract_amount(5), contract_amount(-129_050)
+    ('12345.67', '0.05', '-1290.50')
+    """
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
+        message = f"amount_minor must be an int of hundredths, not {amount_minor!r}"
+        raise TypeError(message)
+    sign = "-" if amount_minor < 0 else ""
+    major, minor = divmod(abs(amount_minor), 100)
+    return f"{sign}{major}.{minor:02d}"

@@ -102,6 +102,7 @@ from typing import Any, Final
 import orjson
 
 from detectors.base import SEVERITIES
+from detectors.money import format_minor
 
 #: Codes of the non-delinquency states; a code >= 0 is days past due.
 NEW: Final = -1
@@ -195,20 +196,6 @@ def _oldest_kept(latest: str, granularity: str, periods: int) -> str:
 def iso_time(ms: int) -> str:
     """RFC 3339 UTC with ``Z``, millisecond precision."""
     return _utc(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def format_money(amount_minor: int) -> str:
-    """``1234567 -> '12,345.67'`` (exact: integer arithmetic)."""
-    sign = "-" if amount_minor < 0 else ""
-    major, minor = divmod(abs(amount_minor), 100)
-    return f"{sign}{major:,}.{minor:02d}"
-
-
-def decimal_text(amount_minor: int) -> str:
-    """``1234567 -> '12345.67'``, the contract's amount form."""
-    sign = "-" if amount_minor < 0 else ""
-    major, minor = divmod(abs(amount_minor), 100)
-    return f"{sign}{major}.{minor:02d}"
 
 
 # -- buckets ------------------------------------------------------------------------------
@@ -1410,8 +1397,8 @@ def _roll_findings(book: Book, limit: Limit, currency: str) -> Iterator[Portfoli
             f"{granularity} roll rate {row} -> {to} in {period}{state} is "
             f"{_pct(rate)} by {limit.basis}, above the limit of {_pct(limit.max)}",
             f"{moved} of {opening} loans in {row} at the start of {period} moved to {to} "
-            f"({_pct(moved / opening)}); {format_money(moved_principal)} of "
-            f"{format_money(matrix.opening_principal[row])} {currency} opening outstanding "
+            f"({_pct(moved / opening)}); {format_minor(moved_principal)} of "
+            f"{format_minor(matrix.opening_principal[row])} {currency} opening outstanding "
             f"({_pct(matrix.rate(row, limit.to_buckets, 'principal') or 0.0)})",
         )
         end = period_bounds(period, granularity)[1] - 1
@@ -1434,7 +1421,7 @@ def _concentration_findings(book: Book, limit: Limit, currency: str,
         reasons = (
             f"HHI of outstanding principal by {limit.dimension} is {table.hhi:.4f}, above "
             f"the limit of {limit.max:.4f}",
-            f"largest: {largest} of {format_money(table.total_minor)} {currency} across "
+            f"largest: {largest} of {format_minor(table.total_minor)} {currency} across "
             f"{book.open_loans} open loans",
         )
         yield PortfolioFinding(limit.name, limit.detector, limit.severity,
@@ -1448,7 +1435,7 @@ def _concentration_findings(book: Book, limit: Limit, currency: str,
         reasons = (
             f"{limit.dimension} {value.value} holds {_pct(value.share)} of outstanding "
             f"principal, above the limit of {_pct(limit.max)}",
-            f"{format_money(value.outstanding_minor)} of {format_money(table.total_minor)} "
+            f"{format_minor(value.outstanding_minor)} of {format_minor(table.total_minor)} "
             f"{currency} in {value.loans} of {book.open_loans} open loans"
             + (f"; HHI of {limit.dimension} {table.hhi:.4f}" if table.hhi is not None else ""),
         )
@@ -1468,7 +1455,7 @@ def _borrower_findings(book: Book, limit: Limit, currency: str,
         reasons = (
             f"borrower {account} holds {_pct(share)} of outstanding principal, above the "
             f"limit of {_pct(limit.max)}",
-            f"{format_money(held)} of {format_money(book.open_outstanding_minor)} {currency} "
+            f"{format_minor(held)} of {format_minor(book.open_outstanding_minor)} {currency} "
             f"across {book.open_loans} open loans",
         )
         yield PortfolioFinding(limit.name, limit.detector, limit.severity, round(share, 6),
@@ -1495,7 +1482,7 @@ def _vintage_findings(book: Book, limit: Limit, currency: str) -> Iterator[Portf
             f"{limit.basis} more than {days} days past due or written off, above the "
             f"limit of {_pct(limit.max)}",
             f"{bad} of {observed} loans observed ({row.loans} disbursed); "
-            f"{format_money(bad_out)} of {format_money(observed_out)} {currency} outstanding",
+            f"{format_minor(bad_out)} of {format_minor(observed_out)} {currency} outstanding",
         )
         yield PortfolioFinding(limit.name, limit.detector, limit.severity, round(share, 6),
                                row.vintage, f"mob{months}", reasons, "portfolio",

@@ -43,11 +43,6 @@ def minor_to_decimal(amount_minor: int) -> Decimal:
     return Decimal(amount_minor).scaleb(-2)
 
 
-def format_money(amount_minor: int) -> str:
-    """Human form with thousands separators, e.g. ``4800000 -> '48,000.00'``."""
-    return f"{minor_to_decimal(amount_minor):,.2f}"
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """One decoded, validated event.

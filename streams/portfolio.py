@@ -86,6 +86,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from detectors.money import contract_amount, format_minor
 from detectors.portfolio import (
     DIMENSIONS,
     DUPLICATE,
@@ -101,9 +102,7 @@ from detectors.portfolio import (
     PortfolioFinding,
     apply_event,
     check_limits,
-    decimal_text,
     evictable,
-    format_money,
     iso_time,
 )
 from streams.alerts import Alert, alert_id_for
@@ -268,7 +267,7 @@ def loan_key(account_id: str, loan_id: str) -> bytes:
 def alert_for(finding: PortfolioFinding, config: PortfolioConfig,
               detected_at: datetime) -> tuple[Alert, bytes]:
     """The alert of a finding and its JSON (with ``limit``, ``period``, ``subject``)."""
-    amount = None if finding.amount_minor is None else decimal_text(finding.amount_minor)
+    amount = None if finding.amount_minor is None else contract_amount(finding.amount_minor)
     alert = Alert(
         alert_id=alert_id_for(finding.detector, finding.trigger),
         detector=finding.detector,
@@ -893,7 +892,7 @@ def render_matrix(matrix: Migration, basis: str = "loans") -> list[str]:
             continue
         rows.append([row, *[_pct(matrix.rate(row, c, basis)) for c in matrix.columns],
                      f"{matrix.opening_loans[row]:,}",
-                     format_money(matrix.opening_principal[row])])
+                     format_minor(matrix.opening_principal[row])])
     lines.extend(_table(header, rows, right=range(1, len(header))))
     return lines
 
@@ -924,9 +923,9 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
                      f"> {config.live_max_lag}): the latest events are not all in")
     stock = book.bucket_stock()
     lines.append(
-        f"open loans {book.open_loans:,}, outstanding {format_money(book.open_outstanding_minor)} "
+        f"open loans {book.open_loans:,}, outstanding {format_minor(book.open_outstanding_minor)} "
         f"{currency}; written off {stock['written_off'][0]:,} "
-        f"({format_money(stock['written_off'][1])}); repaid {stock['repaid'][0]:,} "
+        f"({format_minor(stock['written_off'][1])}); repaid {stock['repaid'][0]:,} "
         f"({book.partial.repaid_early:,} early)")
     lines.append("")
     lines.append("Delinquency buckets")
@@ -936,7 +935,7 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
     for bucket, (loans, held) in stock.items():
         is_open = bucket in config.scheme.open_buckets
         rows.append([bucket, f"{loans:,}", _pct(loans / total_loans) if is_open and total_loans
-                     else "", format_money(held),
+                     else "", format_minor(held),
                      _pct(held / total_out) if is_open and total_out else ""])
     lines.extend(_table(["bucket", "loans", "share", f"outstanding {currency}", "share"],
                         rows, right=(1, 2, 3, 4)))
@@ -961,13 +960,13 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
         lines.append(f"Concentration by {dimension}: HHI {hhi} (known values)")
         lines.extend(_table(
             [dimension, "loans", f"outstanding {currency}", "share"],
-            ([v.value, f"{v.loans:,}", format_money(v.outstanding_minor), _pct(v.share)]
+            ([v.value, f"{v.loans:,}", format_minor(v.outstanding_minor), _pct(v.share)]
              for v in table.top(top)), right=(1, 2, 3)))
     lines.append("")
     lines.append("Largest borrowers")
     lines.extend(_table(
         ["account", f"outstanding {currency}", "share"],
-        ([account, format_money(held), _pct(share)]
+        ([account, format_minor(held), _pct(share)]
          for account, held, share in book.largest_borrowers(min(5, config.top_borrowers))),
         right=(1, 2)))
     lines.append("")
@@ -984,7 +983,7 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
             share = vintage.delinquent_share(months)
             cells.append("-" if cell is None else _pct(share) + ("" if cell[4] else "*"))
         vintage_rows.append([vintage.vintage, f"{vintage.loans:,}",
-                             format_money(vintage.principal_minor), *cells])
+                             format_minor(vintage.principal_minor), *cells])
     lines.extend(_table(header, vintage_rows, right=range(1, len(header))))
     return "\n".join(lines)
 
@@ -1010,7 +1009,7 @@ def write_csv(book: Book, directory: Path) -> list[Path]:
         written.append(path)
 
     emit("buckets", ["bucket", "loans", "outstanding"],
-         ([b, loans, decimal_text(held)] for b, (loans, held) in book.bucket_stock().items()))
+         ([b, loans, contract_amount(held)] for b, (loans, held) in book.bucket_stock().items()))
     migration_rows = []
     for granularity in GRANULARITIES:
         for period in book.periods(granularity):
@@ -1020,9 +1019,9 @@ def write_csv(book: Book, directory: Path) -> list[Path]:
                     migration_rows.append([
                         granularity, period, "true" if matrix.complete else "false", row, column,
                         matrix.loans[row][column], share(matrix.rate(row, column, "loans")),
-                        decimal_text(matrix.principal[row][column]),
+                        contract_amount(matrix.principal[row][column]),
                         share(matrix.rate(row, column, "principal")),
-                        matrix.opening_loans[row], decimal_text(matrix.opening_principal[row]),
+                        matrix.opening_loans[row], contract_amount(matrix.opening_principal[row]),
                     ])
     emit("migration", ["granularity", "period", "complete", "from_bucket", "to_bucket", "loans",
                        "loans_share", "principal", "principal_share", "opening_loans",
@@ -1032,12 +1031,12 @@ def write_csv(book: Book, directory: Path) -> list[Path]:
         table = book.concentration(dimension)
         for value in table.values:
             concentration_rows.append([dimension, value.value, value.loans,
-                                       decimal_text(value.outstanding_minor), share(value.share),
+                                       contract_amount(value.outstanding_minor), share(value.share),
                                        share(table.hhi)])
     emit("concentration", ["dimension", "value", "loans", "outstanding", "share", "hhi"],
          concentration_rows)
     emit("borrowers", ["account_id", "outstanding", "share"],
-         ([account, decimal_text(held), share(s)]
+         ([account, contract_amount(held), share(s)]
           for account, held, s in book.largest_borrowers(config.top_borrowers)))
     vintage_rows = []
     for vintage in book.vintages():
@@ -1047,10 +1046,10 @@ def write_csv(book: Book, directory: Path) -> list[Path]:
                 continue
             observed, bad, observed_out, bad_out, complete = cell
             vintage_rows.append([
-                vintage.vintage, vintage.loans, decimal_text(vintage.principal_minor), months,
+                vintage.vintage, vintage.loans, contract_amount(vintage.principal_minor), months,
                 "true" if complete else "false", observed, bad,
-                share(vintage.delinquent_share(months)), decimal_text(observed_out),
-                decimal_text(bad_out),
+                share(vintage.delinquent_share(months)), contract_amount(observed_out),
+                contract_amount(bad_out),
             ])
     emit("vintages", ["vintage", "loans", "principal", "months_on_book", "complete",
                       "observed_loans", "delinquent_loans", "delinquent_share",

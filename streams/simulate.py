@@ -57,6 +57,7 @@ import orjson
 
 from detectors.flow import DEFAULT_FLOW_PARAMS
 from detectors.identity import DEFAULT_IDENTITY_PARAMS
+from detectors.money import contract_amount
 from detectors.registry import DEFAULT_CONFIG, DETECTORS, STAGE_DETECTORS
 from streams import clients
 from streams.events import EVENT_TYPES, LENDING_TYPES
@@ -246,11 +247,6 @@ def _cumulative(weights: Iterable[float]) -> list[float]:
 
 def _pick(rng: random.Random, items: Sequence[tuple[str, float]]) -> str:
     return rng.choices(items, weights=[w for _, w in items])[0][0]
-
-
-def _money(amount_minor: int) -> str:
-    """Contract form of an amount: major units, exactly two decimals."""
-    return f"{amount_minor // 100}.{amount_minor % 100:02d}"
 
 
 def minor_units(amount: str) -> int:
@@ -610,7 +606,7 @@ class IncidentContext:
             raise ValueError(message)
         body: dict[str, Any] = {"event_type": event_type}
         if amount_minor is not None:
-            body["amount"] = _money(amount_minor)
+            body["amount"] = contract_amount(amount_minor)
             body["currency"] = CURRENCY
         body.update(fields)
         return PlannedEvent(at, account_id, body, self.scenario if labelled else None)
@@ -633,7 +629,7 @@ class IncidentContext:
             raise ValueError(message)
         body: dict[str, Any] = {
             "event_type": "payment",
-            "amount": _money(amount_minor),
+            "amount": contract_amount(amount_minor),
             "currency": CURRENCY,
             "counterparty_id": merchant.merchant_id,
             "merchant_id": merchant.merchant_id,
@@ -1022,8 +1018,8 @@ def borrow_and_vanish(ctx: IncidentContext) -> Iterator[PlannedEvent]:
     due_end = datetime.combine(due + timedelta(days=1), datetime.min.time(), UTC).timestamp()
     yield ctx.event(
         victim.account_id, due_end + rng.uniform(1.0, 300.0), "loan_status", labelled=True,
-        loan_id=loan_id, status="delinquent", days_past_due=1, outstanding=_money(principal),
-        currency=CURRENCY,
+        loan_id=loan_id, status="delinquent", days_past_due=1,
+        outstanding=contract_amount(principal), currency=CURRENCY,
     )  # fmt: skip
 
 
@@ -1884,7 +1880,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         mu = account.payment_mu + math.log(merchant.ticket_factor)
         amount = max(100, round(math.exp(rng.gauss(mu, account.payment_sigma))))
         event = self._envelope("payment", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["counterparty_id"] = merchant.merchant_id
         event["merchant_id"] = merchant.merchant_id
@@ -1908,7 +1904,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
     def _top_up(self, account: SimAccount, at: float) -> dict[str, Any]:
         amount = self._round_amount(4.0 * math.exp(account.payment_mu), 0.7, 5_000)
         event = self._envelope("top_up", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["counterparty_id"] = _BANKS[account.index % len(_BANKS)]
         event["channel"] = self._channel()
@@ -1923,7 +1919,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         else:
             amount = max(100, round(rng.lognormvariate(math.log(median), 0.8)))
         event = self._envelope("transfer", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["counterparty_id"] = account.contacts[rng.randrange(len(account.contacts))]
         event["channel"] = self._channel()
@@ -1934,7 +1930,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
     def _withdrawal(self, account: SimAccount, at: float) -> dict[str, Any]:
         amount = self._round_amount(5.0 * math.exp(account.payment_mu), 0.7, 10_000)
         event = self._envelope("withdrawal", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["counterparty_id"] = _BANKS[account.index % len(_BANKS)]
         event["channel"] = self._channel()
@@ -1949,7 +1945,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         merchant, paid = account.recent_payments.pop()
         amount = paid if rng.random() < 0.7 else max(1, round(paid * rng.uniform(0.1, 0.9)))
         event = self._envelope("refund", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["counterparty_id"] = merchant.merchant_id
         event["merchant_id"] = merchant.merchant_id
@@ -1994,7 +1990,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         project = account.project
         if project is not None and project.raised_minor > 0 and rng.random() < 0.5:
             event = self._envelope("project_payout", account, at)
-            event["amount"] = _money(project.raised_minor)
+            event["amount"] = contract_amount(project.raised_minor)
             event["currency"] = CURRENCY
             event["project_id"] = project.project_id
             event["channel"] = "web"
@@ -2005,7 +2001,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
             pledged_to, amount = account.pledges.pop(rng.randrange(len(account.pledges)))
             pledged_to.raised_minor = max(0, pledged_to.raised_minor - amount)
             event = self._envelope("pledge_refund", account, at)
-            event["amount"] = _money(amount)
+            event["amount"] = contract_amount(amount)
             event["currency"] = CURRENCY
             event["project_id"] = pledged_to.project_id
             event["counterparty_id"] = pledged_to.owner.account_id
@@ -2020,7 +2016,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         if len(account.pledges) < 20:
             account.pledges.append((target, amount))
         event = self._envelope("pledge", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["project_id"] = target.project_id
         event["counterparty_id"] = target.owner.account_id
@@ -2046,7 +2042,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
             )
             account.application = application
             event = self._envelope("loan_application", account, at)
-            event["amount"] = _money(application.requested_minor)
+            event["amount"] = contract_amount(application.requested_minor)
             event["currency"] = CURRENCY
             event["loan_id"] = application.loan_id
             event["term_months"] = application.term_months
@@ -2074,7 +2070,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         account.loan = loan
         due = datetime.fromtimestamp(at + term * _MONTH_DAYS * _DAY, UTC).date()
         event = self._envelope("loan_disbursement", account, at)
-        event["amount"] = _money(principal)
+        event["amount"] = contract_amount(principal)
         event["currency"] = CURRENCY
         event["loan_id"] = loan.loan_id
         event["due_date"] = due.isoformat()
@@ -2097,7 +2093,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         amount = min(amount, loan.outstanding_minor)
         loan.repaid_minor += amount
         event = self._envelope("loan_repayment", account, at)
-        event["amount"] = _money(amount)
+        event["amount"] = contract_amount(amount)
         event["currency"] = CURRENCY
         event["loan_id"] = loan.loan_id
         event["channel"] = self._channel()
@@ -2112,7 +2108,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
                 "loan_id": loan.loan_id,
                 "status": "repaid",
                 "days_past_due": 0,
-                "outstanding": _money(0),
+                "outstanding": contract_amount(0),
                 "currency": CURRENCY,
             }
             self._plan(PlannedEvent(at + rng.uniform(1.0, 120.0), account.account_id, body))
@@ -2129,7 +2125,7 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         event["loan_id"] = loan.loan_id
         event["status"] = status
         event["days_past_due"] = days
-        event["outstanding"] = _money(loan.outstanding_minor)
+        event["outstanding"] = contract_amount(loan.outstanding_minor)
         event["currency"] = CURRENCY
         return event
 
@@ -2808,7 +2804,7 @@ def _book_loan_events(loan: _BookLoan, rng: random.Random,
     base = {"account_id": loan.account_id, "loan_id": loan.loan_id}
     events: list[tuple[float, dict[str, Any]]] = []
     disbursement = {
-        **base, "event_type": "loan_disbursement", "amount": _money(principal),
+        **base, "event_type": "loan_disbursement", "amount": contract_amount(principal),
         "currency": CURRENCY, "due_date": datetime.fromtimestamp(dues[-1], UTC).date().isoformat(),
         "term_months": term, "age_band": loan.age_band, "industry": loan.industry,
         "region": loan.region, "channel": loan.channel,
@@ -2853,7 +2849,7 @@ def _book_loan_events(loan: _BookLoan, rng: random.Random,
     def status(at: float, state: str, days: int, paid_minor: int) -> None:
         events.append((at, {
             **base, "event_type": "loan_status", "status": state, "days_past_due": days,
-            "outstanding": _money(0 if state == "repaid" else outstanding(paid_minor)),
+            "outstanding": contract_amount(0 if state == "repaid" else outstanding(paid_minor)),
             "currency": CURRENCY,
         }))
 
@@ -2874,7 +2870,7 @@ def _book_loan_events(loan: _BookLoan, rng: random.Random,
             paid_minor = min(total_due, paid_minor + amount)
             instalments_paid = min(term, paid_minor // instalment)
             events.append((at, {**base, "event_type": "loan_repayment",
-                                "amount": _money(amount), "currency": CURRENCY,
+                                "amount": contract_amount(amount), "currency": CURRENCY,
                                 "channel": loan.channel, "region": loan.region}))
             if paid_minor >= total_due:
                 status(at + rng.uniform(0.5, 3.0) * _HOUR, "repaid", 0, paid_minor)

@@ -23,7 +23,8 @@ from detectors import (
     format_minor,
 )
 from detectors.amount_outlier import WINSOR_SD
-from streams.events import format_money
+from detectors.money import contract_amount
+from streams.codec import parse_amount_minor
 
 # -- money -----------------------------------------------------------------------------------------
 
@@ -52,8 +53,11 @@ def test_format_minor_refuses_what_is_not_an_int(not_minor: Any) -> None:
 
 
 @given(st.integers(min_value=-(10**18), max_value=10**18))
-def test_format_minor_agrees_with_the_streams_formatting(minor: int) -> None:
-    assert format_minor(minor) == format_money(minor)
+def test_the_human_and_the_contract_forms_of_an_amount_agree(minor: int) -> None:
+    contract = contract_amount(minor)
+    assert format_minor(minor).replace(",", "") == contract
+    if abs(minor) <= 10**17:  # the contract's largest amount, 10^15 major units
+        assert parse_amount_minor(contract.removeprefix("-")) == abs(minor)
 
 
 # -- velocity --------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from detectors import DEFAULT_CONFIG, FanOut, build_alerters
-from detectors.fan_out import MAX_COUNTERPARTIES, counterparty_hash
+from detectors.fan_out import MAX_COUNTERPARTIES
+from detectors.hashing import stable_hash
 
 T0 = 1_709_553_600
 HOUR = 3_600
@@ -36,7 +37,7 @@ def learnt(detector: FanOut, *events: dict[str, Any]) -> list[list[int]]:
 def test_counts_different_counterparties_not_transfers() -> None:
     detector = FanOut(min_distinct=3, window_seconds=HOUR)
     state = learnt(detector, *(transfer("a", T0 + i) for i in range(10)), transfer("b", T0 + 20))
-    assert state == [[counterparty_hash("a"), T0 + 9], [counterparty_hash("b"), T0 + 20]]
+    assert state == [[stable_hash("a"), T0 + 9], [stable_hash("b"), T0 + 20]]
     assert detector.score_one(transfer("a", T0 + 30), state) == pytest.approx(2 / 3)
     assert detector.score_one(transfer("c", T0 + 30), state) == 1.0
 
@@ -95,7 +96,7 @@ def test_state_keeps_at_most_64_counterparties_the_most_recently_paid() -> None:
     for i in range(500):
         state = detector.learn_one(transfer(f"mule-{i}", T0 + i), state)
     assert len(state) == MAX_COUNTERPARTIES
-    assert {kept[0] for kept in state} == {counterparty_hash(f"mule-{i}") for i in range(436, 500)}
+    assert {kept[0] for kept in state} == {stable_hash(f"mule-{i}") for i in range(436, 500)}
     assert all(0 <= kept[0] < 2**48 for kept in state)
     assert orjson.loads(orjson.dumps(state)) == state
     assert detector.score_one(transfer("new", T0 + 600), state) == 6.5
@@ -104,7 +105,7 @@ def test_state_keeps_at_most_64_counterparties_the_most_recently_paid() -> None:
 def test_old_counterparties_are_forgotten_after_two_windows() -> None:
     detector = FanOut(min_distinct=2, window_seconds=HOUR)
     state = learnt(detector, transfer("a", T0), transfer("b", T0 + 2 * HOUR + 1))
-    assert state == [[counterparty_hash("b"), T0 + 2 * HOUR + 1]]
+    assert state == [[stable_hash("b"), T0 + 2 * HOUR + 1]]
 
 
 def test_the_alerter_flags_from_the_tenth_counterparty_and_counts_the_flagged_ones() -> None:
