@@ -263,6 +263,21 @@ def test_alerts_say_how_bad_and_quote_their_numbers(rules: list[dict[str, Any]])
     assert not problems, problems
 
 
+def test_every_alert_links_its_runbook_section(rules: list[dict[str, Any]]) -> None:
+    """``runbook_url`` names a heading of docs/operations.md (anchors as Markdown renders them)."""
+    headings = re.findall(r"^#+ (.+)$", (REPO / "docs" / "operations.md").read_text(),
+                          flags=re.MULTILINE)
+    anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+               for h in headings}
+    problems = []
+    for alert in _alerts(rules):
+        url = alert["annotations"].get("runbook_url", "")
+        page, _, anchor = url.partition("#")
+        if page != "docs/operations.md" or anchor not in anchors:
+            problems.append(f"{alert['name']}: runbook_url {url!r}")
+    assert not problems, problems
+
+
 def test_every_alert_states_its_for_duration() -> None:
     # /api/v1/rules reports an absent `for:` and `for: 0m` alike; the file tells them apart.
     unstated = []
