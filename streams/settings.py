@@ -87,7 +87,12 @@ class Settings:
         "Input topic for payment, crowdfunding and account events.",
         "txwatch.payments",
     )
-    lending_topic: str = _env("LENDING_TOPIC", "Input topic for lending events.", "txwatch.lending")
+    lending_topic: str = _env(
+        "LENDING_TOPIC",
+        "Input topic for lending events; the payments topic's name puts every event type on one"
+        " topic, so each account's events keep one order.",
+        "txwatch.lending",
+    )
     alert_topic: str = _env("ALERT_TOPIC", "Output topic for alerts (JSON).", "txwatch.alerts")
     dead_letter_topic: str = _env(
         "DEAD_LETTER_TOPIC",
@@ -264,7 +269,14 @@ class Settings:
         return cls(**values)
 
     @property
-    def input_topics(self) -> tuple[str, str]:
+    def input_topics(self) -> tuple[str, ...]:
+        """The topics the worker reads: payments and lending, or one when they are the same.
+
+        One topic for every event type keeps each account's events in one
+        ordered stream (``docs/guarantees.md``, "Per-account order").
+        """
+        if self.lending_topic == self.payments_topic:
+            return (self.payments_topic,)
         return (self.payments_topic, self.lending_topic)
 
     @classmethod

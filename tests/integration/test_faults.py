@@ -104,6 +104,43 @@ async def test_sigkill_at_random_moments_loses_and_changes_nothing(
     assert_all_checks_hold(run, worker.log_tail())
 
 
+async def test_one_input_topic_keeps_loans_and_payments_in_order_through_crashes(
+        kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    """TXWATCH_LENDING_TOPIC named like the payments topic: one ordered stream per account.
+
+    The detectors that combine an account's loans and payments (borrow_and_vanish,
+    precipitated_funds, rapid_pass_through, spending_burst) then decide as the recount
+    in publication order does, through two SIGKILLs, and the lending book, reading the
+    same topic, still applies the loans.
+    """
+    env = await prepare(kafka_bootstrap, topic_prefix, tmp_path,
+                        TXWATCH_LENDING_TOPIC=f"{topic_prefix}.payments")
+    settings = faults.worker_settings(env)
+    assert settings.input_topics == (settings.payments_topic,)
+    messages, _ = labelled_messages(settings, events=15_000, bad_every=BAD_EVERY,
+                                    single_topic=True)
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    chaos = Chaos(worker, random.Random(20261202), min_gap=4.0, max_gap=10.0)
+    try:
+        publishing = asyncio.create_task(publish(kafka_bootstrap, messages, rate=300.0))
+        await chaos.run(kills=2)
+        sent = await publishing
+        await faults.wait_until_consumed(
+            kafka_bootstrap, settings.app_id, settings.input_topics, timeout=300,
+            alive=chaos.worker_alive)
+        applied = worker.metric("txwatch_portfolio_events_total", outcome="applied")
+    finally:
+        worker.stop()
+    run = await check_run(kafka_bootstrap, settings, sent)
+    report("one_topic", {**run.summary(), "kills": len(chaos.kills),
+                         "portfolio_applied_since_last_start": applied})
+    assert len(chaos.kills) == 2
+    combined = {"borrow_and_vanish", "precipitated_funds"}
+    assert combined <= set(run.expected_by_detector), run.expected_by_detector
+    assert applied > 0, "the lending book read no loan from the shared topic"
+    assert_all_checks_hold(run, worker.log_tail())
+
+
 async def test_worker_reconnects_by_itself_after_a_broker_restart(
         restartable_kafka: LocalKafka, topic_prefix: str, tmp_path: Path) -> None:
     """The broker stops and starts again while the worker is mid-stream; no restart of ours."""
