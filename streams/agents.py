@@ -33,7 +33,7 @@ from streams.codec import dead_letter_record
 from streams.stages import DerivedStage, Forward, StageEntry
 
 if TYPE_CHECKING:
-    from streams.app import Runtime
+    from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

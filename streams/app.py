@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from streams.codec import Decoder
 from streams.metrics import PrometheusSensor
 from streams.pipeline import Monitor
 from streams.rules import build_rules, detector_config
+from streams.runtime import Runtime
 from streams.sensors import Sensor, SensorDelegate
 from streams.settings import Settings
 from streams.stages import (
@@ -150,26 +150,6 @@ def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[st
     config = detector_config(settings)
     rules = build_rules(config, STAGES)
     return build_stages(rules.stages, rules.version, sensor)
-
-
-@dataclass
-class Runtime:
-    """Everything a running worker is made of."""
-
-    settings: Settings
-    app: faust.App
-    input_topic: Any
-    alert_topic: Any
-    dead_letter_topic: Any
-    table: Any
-    monitor: Monitor
-    sensors: SensorDelegate
-    metrics: PrometheusSensor | None
-    agent: Any = None
-    stages: dict[str, DerivedStage] = field(default_factory=dict)
-    stage_topics: dict[str, Any] = field(default_factory=dict)
-    stage_tables: dict[str, Any] = field(default_factory=dict)
-    model_table: Any = None
 
 
 def create_app(settings: Settings, metrics: PrometheusSensor | None = None,

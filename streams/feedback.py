@@ -54,7 +54,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from streams.alerts import Alert
 
 if TYPE_CHECKING:
-    from streams.app import Runtime
+    from streams.runtime import Runtime
     from streams.settings import Settings
 
 log = logging.getLogger(__name__)

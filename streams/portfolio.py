@@ -112,7 +112,7 @@ from streams.events import DeadLetter, Event
 from streams.settings import PREFIX, Settings, SettingsError
 
 if TYPE_CHECKING:
-    from streams.app import Runtime
+    from streams.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

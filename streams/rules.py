@@ -59,7 +59,7 @@ from detectors.base import ThresholdAlerter
 from detectors.registry import DEFAULT_CONFIG, build_alerters
 
 if TYPE_CHECKING:
-    from streams.app import Runtime
+    from streams.runtime import Runtime
     from streams.settings import Settings
 
 log = logging.getLogger(__name__)

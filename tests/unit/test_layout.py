@@ -1,0 +1,41 @@
+"""The layout keeps the architecture visible: the Faust app sits on top, nothing below imports it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any level (type-checking and function bodies too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_the_command_line_imports_the_app() -> None:
+    # agents, rules, feedback and the lending book receive a streams.runtime.Runtime
+    importers = sorted(
+        path.relative_to(ROOT).as_posix()
+        for folder in ("streams", "detectors")
+        for path in (ROOT / folder).rglob("*.py")
+        if path.name != "app.py" and "streams.app" in imported_modules(path)
+    )
+    assert importers == ["streams/cli.py"], importers
+
+
+def test_detectors_never_import_kafka_faust_or_streams() -> None:
+    offenders = sorted(
+        f"{path.relative_to(ROOT).as_posix()}: {module}"
+        for path in (ROOT / "detectors").rglob("*.py")
+        for module in imported_modules(path)
+        if module.split(".")[0] in {"faust", "aiokafka", "streams", "mode"}
+    )
+    assert not offenders, offenders
