@@ -65,6 +65,11 @@ class Detector(_Parametrised, ABC):
     """One model for the whole stream."""
 
     name: ClassVar[str]
+    #: Whether its state holds facts every event must update, flagged or not
+    #: (amounts and counterparties in a window, a balance, open loans, learnt
+    #: population limits): its ``learn_flagged`` defaults to true and may not be
+    #: false (``detectors/registry.py``).
+    keeps_ledger: ClassVar[bool] = False
     #: The largest score, when scores are bounded; alert budgets use it (see
     #: :func:`detectors.budget.score_bin`).
     max_score: ClassVar[float | None] = None
@@ -92,6 +97,11 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
     """One small state per account, held by the caller."""
 
     name: ClassVar[str]
+    #: Whether its state holds facts every event must update, flagged or not
+    #: (amounts and counterparties in a window, a balance, open loans, learnt
+    #: population limits): its ``learn_flagged`` defaults to true and may not be
+    #: false (``detectors/registry.py``).
+    keeps_ledger: ClassVar[bool] = False
     #: The largest score, when scores are bounded (see :attr:`Detector.max_score`).
     max_score: ClassVar[float | None] = None
 
@@ -121,13 +131,15 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
     def restore(self, snapshot: Any) -> None:  # empty on purpose: no state beyond the accounts
         """Put back what :meth:`snapshot` returned."""
 
-    # A detector whose finding is about something other than the event at hand (a
-    # loan completed by whichever of two topics' events arrives last) may define
-    #
-    #     def anchor_one(self, x, state) -> tuple[str | None, tuple[str, ...]]
-    #
-    # returning the finding's ``key`` and ``evidence`` (see :class:`Finding`); it is
-    # called only for a finding, before ``learn_one``.
+    def anchor_one(self, x: Features, state: S) -> tuple[str | None, tuple[str, ...]] | None:
+        """What a finding is about when that is not the event at hand; ``None``: the event.
+
+        A detector whose finding concerns something else (a loan completed by
+        whichever of two topics' events arrives last) returns the finding's
+        ``key`` and ``evidence`` (see :class:`Finding`). Called only for a
+        finding, before ``learn_one``.
+        """
+        return None
 
 
 #: Whether a detector class is keyed, by class (see ``ThresholdAlerter.process_one``).
@@ -238,9 +250,9 @@ class ThresholdAlerter(_Parametrised):
             if not self._alerts(x, score):
                 return None, per_account.learn_one(x, state)
             finding = self._finding(score, per_account.explain_one(x, state, score))
-            anchor = getattr(per_account, "anchor_one", None)
+            anchor = per_account.anchor_one(x, state)
             if anchor is not None:
-                key, evidence = anchor(x, state)
+                key, evidence = anchor
                 finding = replace(finding, key=key, evidence=evidence)
             if self.learn_flagged:
                 state = per_account.learn_one(x, state)

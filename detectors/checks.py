@@ -1425,7 +1425,7 @@ def checks_for(alerter: ThresholdAlerter) -> list[Check]:
     if stage_of(alerter.detector) is not None:
         checks.append(check_stateless)
         return checks
-    if getattr(alerter.detector, "keeps_ledger", False):
+    if alerter.detector.keeps_ledger:
         checks.append(check_ledger_learns_every_event)
     else:
         checks.append(check_flagged_not_learnt)

@@ -401,7 +401,7 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
     if severity not in SEVERITIES:
         message = f"{where}.severity must be one of {list(SEVERITIES)}, not {severity!r}"
         raise ValueError(message)
-    keeps_ledger = bool(getattr(cls, "keeps_ledger", False))
+    keeps_ledger = cls.keeps_ledger
     learn_flagged = spec.get("learn_flagged", keeps_ledger)
     if not isinstance(learn_flagged, bool):
         message = f"{where}.learn_flagged must be true or false, not {learn_flagged!r}"
