@@ -359,6 +359,8 @@ async def wait_until_consumed(bootstrap: str, group: str, topics: Sequence[str],
             message = f"{what}: {lag} messages still uncommitted after {timeout:.0f} s"
             if isinstance(lag, str):
                 message = f"{what}: committed offsets {lag} after {timeout:.0f} s"
+            if isinstance(alive, Alive):  # why it did not commit is in the worker's log
+                message += f"\n--- worker log tail ---\n{alive.worker.log_tail()}"
             raise TimeoutError(message)
         await asyncio.sleep(0.5)  # polling the broker's committed offsets against a deadline
 
@@ -543,16 +545,25 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def alive(worker: WorkerProcess) -> Callable[[], None]:
-    """A check that raises, with the log tail, once ``worker`` has exited."""
+@dataclass(frozen=True)
+class Alive:
+    """A check that raises, with the log tail, once ``worker`` has exited.
 
-    def check() -> None:
-        proc = worker.proc
+    :func:`wait_until_consumed` also quotes the worker's log when it times out.
+    """
+
+    worker: WorkerProcess
+
+    def __call__(self) -> None:
+        proc = self.worker.proc
         if proc is not None and proc.poll() is not None:
-            message = f"worker exited with {proc.returncode}; log tail:\n{worker.log_tail()}"
+            message = f"worker exited with {proc.returncode}; log tail:\n{self.worker.log_tail()}"
             raise RuntimeError(message)
 
-    return check
+
+def alive(worker: WorkerProcess) -> Alive:
+    """:class:`Alive` for ``worker``."""
+    return Alive(worker)
 
 
 @dataclass
