@@ -194,6 +194,9 @@ class ThresholdAlerter(_Parametrised):
         With a budget: features whose values split the score distribution.
     min_scored
         With a budget: scored events a segment counts before it alerts.
+    cooldown_seconds
+        Event-time seconds after an alert on an account during which this
+        detector raises no other alert on it (account-stage detectors; 0: none).
     """
 
     def __init__(
@@ -206,6 +209,7 @@ class ThresholdAlerter(_Parametrised):
         budget: float | None = None,
         segment_by: tuple[str, ...] = DEFAULT_SEGMENT_BY,
         min_scored: int = DEFAULT_MIN_SCORED,
+        cooldown_seconds: int = 0,
     ) -> None:
         if severity not in SEVERITIES:
             message = f"severity must be one of {SEVERITIES}, not {severity!r}"
@@ -218,6 +222,7 @@ class ThresholdAlerter(_Parametrised):
         self.budget = budget
         self.segment_by = tuple(segment_by)
         self.min_scored = min_scored
+        self.cooldown_seconds = cooldown_seconds
         self._budget = (
             None if budget is None
             else ScoreBudget(budget, self.segment_by, min_scored, max_score=detector.max_score)

@@ -4,7 +4,7 @@ A configuration is a JSON-compatible mapping (the worker reads it from the file
 named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
 
     {
-      "version": "defaults-4",
+      "version": "defaults-5",
       "detectors": {
         "<detector name>": {
           "params": {...},              # constructor arguments; defaults when left out
@@ -18,8 +18,11 @@ named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
                                         # segment counts before it alerts
           "severity": "medium",         # low | medium | high | critical (default high)
           "critical_threshold": 8.0,    # optional: scores at or above it are critical
-          "learn_flagged": false        # optional: learn from flagged events (default no;
+          "learn_flagged": false,       # optional: learn from flagged events (default no;
                                         # always on for detectors that keep a ledger)
+          "cooldown_seconds": 3600      # optional, account stage: event-time seconds after
+                                        # an alert on an account with no other alert of
+                                        # this detector on it (default 0)
         }
       }
     }
@@ -108,7 +111,7 @@ STAGE_DETECTORS: Final[Mapping[str, type[Detector]]] = {
 #: The packaged configuration. Treat it as read-only: :func:`build_alerters`
 #: copies what it uses, and ``copy.deepcopy`` gives a version to edit.
 DEFAULT_CONFIG: Final[dict[str, Any]] = {
-    "version": "defaults-4",
+    "version": "defaults-5",
     "detectors": {
         "velocity": {
             # Sums are money, so they are per currency: 50,000.00 CNY a minute, 100,000.00
@@ -128,6 +131,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             },
             "threshold": 1.0,
             "severity": "high",
+            "cooldown_seconds": 60,
         },
         "amount_outlier": {
             # Twenty payments before judging: with five, the spread is a guess and
@@ -145,6 +149,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             # The scale of Half-Space Trees' scores depends on the traffic: a budget, no floor.
             "budget": 0.002,
             "severity": "low",
+            "cooldown_seconds": 300,
         },
         "structuring": {
             # Three deposits or transfers of 45,000.00 to 49,999.99 CNY within a day, under the
@@ -161,6 +166,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             },
             "threshold": 1.0,
             "severity": "high",
+            "cooldown_seconds": 3600,
             "learn_flagged": True,
         },
         "rapid_pass_through": {
@@ -175,6 +181,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             },
             "threshold": 0.8,
             "severity": "high",
+            "cooldown_seconds": 1800,
             "learn_flagged": True,
         },
         "fan_out": {
@@ -192,6 +199,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             },
             "threshold": 1.0,
             "severity": "medium",
+            "cooldown_seconds": 3600,
             "learn_flagged": True,
         },
         "fund_segregation": {
@@ -234,6 +242,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
             },
             "threshold": 1.0,
             "severity": "high",
+            "cooldown_seconds": 3600,
         },
         "blacklist": {
             # Empty: a deployment lists its own hashes, computed with its TXWATCH_PII_KEY
@@ -298,7 +307,7 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
 
 _TOP_LEVEL_KEYS: Final = ("version", "detectors")
 _SPEC_KEYS: Final = ("params", "threshold", "severity", "critical_threshold", "learn_flagged",
-                     "budget", "segment_by", "min_scored")
+                     "budget", "segment_by", "min_scored", "cooldown_seconds")
 _BUDGET_KEYS: Final = ("segment_by", "min_scored")
 
 
@@ -413,6 +422,16 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
         )
         raise ValueError(message)
 
+    cooldown = spec.get("cooldown_seconds", 0)
+    if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
+        message = (f"{where}.cooldown_seconds must be a whole number of seconds >= 0,"
+                   f" not {cooldown!r}")
+        raise ValueError(message)
+    if cooldown and stage:
+        message = (f"{where}.cooldown_seconds: {name} runs in the {stage} stage, whose alerts"
+                   " are each raised once per pattern; leave it out")
+        raise ValueError(message)
+
     detector = _build_detector(cls, spec.get("params", {}), f"{where}.params")
     return ThresholdAlerter(
         detector,
@@ -423,6 +442,7 @@ def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:
         budget=budget,
         segment_by=segment_by,
         min_scored=min_scored,
+        cooldown_seconds=cooldown,
     )
 
 

@@ -225,6 +225,11 @@ class ScoreRecorder(Sensor):
 # -- fitting ----------------------------------------------------------------------------------
 
 
+def _cooldown(spec: Mapping[str, Any]) -> int:
+    """A detector's configured cool-down (``build_rules`` has checked it)."""
+    return int(spec.get("cooldown_seconds", 0))
+
+
 def alerts_at(records: Sequence[tuple[Any, int, float]], threshold: float,
               cooldown_seconds: int) -> int:
     """Alerts the records raise at ``threshold`` with the worker's per-account cool-down.
@@ -339,7 +344,6 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
         history holds no event the worker accepts.
     """
     from streams.evaluation import backtest
-    from streams.pipeline import DEFAULT_COOLDOWN_SECONDS
     from streams.rules import build_rules
 
     if not (isinstance(budget_percent, int | float) and 0.0 < budget_percent < 100.0
@@ -402,7 +406,7 @@ def calibrate(path: Path, budget_percent: float, *, config: Mapping[str, Any] | 
             # being learnt, so the level that fitted last round may now be a few over.
             target = math.floor(fit.allotted * (1.0 - MARGIN) ** round_)
             _fit_one(name, spec, fit, target, scores[name], current_counts[name],
-                     DEFAULT_COOLDOWN_SECONDS.get(name, 0), notes)
+                     _cooldown(spec), notes)
         if not changed:
             break
         rounds = round_ + 1

@@ -48,12 +48,6 @@ PROCESSING_ERROR = "processing_error"
 
 #: Seconds of event time during which a detector stays quiet for an account
 #: after alerting on it, so one burst is one alert, not one per event.
-DEFAULT_COOLDOWN_SECONDS: dict[str, int] = {
-    "velocity": 60, "global_anomaly": 300, "fan_out": 3600, "rapid_pass_through": 1800,
-    "account_takeover": 3600, "structuring": 3600,
-}
-
-
 #: Format of a partition's model record.
 MODEL_FORMAT: Final = 1
 
@@ -139,7 +133,8 @@ class Monitor:
     sensor
         Observability hooks (metrics, live view).
     cooldown_seconds
-        Per detector, event-time seconds of quiet after an alert on an account.
+        Per detector, event-time seconds of quiet after an alert on an account,
+        instead of each alerter's own ``cooldown_seconds`` (the configuration's).
     derive
         ``derive(event, x) -> forwards``: records for the derived stages
         (``streams/stages.py``); none when unset.
@@ -159,9 +154,8 @@ class Monitor:
         self.alerters = list(alerters)
         self.config_version = config_version
         self.sensor = sensor or Sensor()
-        self.cooldown_seconds = dict(
-            DEFAULT_COOLDOWN_SECONDS if cooldown_seconds is None else cooldown_seconds
-        )
+        #: overrides of the alerters' own cool-downs (tests); ``None``: the configuration's
+        self.cooldown_seconds = None if cooldown_seconds is None else dict(cooldown_seconds)
         self._partitions: dict[bytes, PartitionModels] = {}
         self._changed: dict[bytes, PartitionModels] = {}
 
@@ -309,7 +303,8 @@ class Monitor:
                 models.flagged.add((offset, name))
             if ts < state.quiet_until.get(name, 0):
                 continue
-            cooldown = self.cooldown_seconds.get(name, 0)
+            cooldown = (alerter.cooldown_seconds if self.cooldown_seconds is None
+                        else self.cooldown_seconds.get(name, 0))
             if cooldown:
                 state.quiet_until[name] = ts + cooldown
             if detected_at is None:

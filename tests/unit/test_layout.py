@@ -1,4 +1,4 @@
-"""The layout keeps the architecture visible: the Faust app sits on top, nothing below imports it."""
+"""The layout keeps the architecture visible: the Faust app on top, nothing below imports it."""
 
 from __future__ import annotations
 

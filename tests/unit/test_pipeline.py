@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from detectors.base import Detector, Features, ThresholdAlerter
 from detectors.registry import DEFAULT_CONFIG, build_alerters
@@ -113,3 +115,33 @@ def test_precipitated_funds_are_exported_as_totals_without_account_labels():
     names = {s.name for metric in registry.collect() for s in metric.samples
              for label in s.labels.values() if label in {"w1", "w2"}}
     assert names == set()
+
+
+def _velocity_alerts(cooldown: int) -> int:
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["detectors"] = {"velocity": {**config["detectors"]["velocity"],
+                                        "cooldown_seconds": cooldown}}
+    m = monitor(build_alerters(config))
+    states: dict[bytes, AccountState] = {}
+    return sum(len(m.process(raw_payment(i, seconds=2 * i), states, topic="p", partition=0,
+                             offset=i).alerts) for i in range(14))
+
+
+def test_the_cooldown_comes_from_the_versioned_configuration():
+    # 14 payments in 28 s: the 10th and every later one reach the 10-a-minute limit
+    assert DEFAULT_CONFIG["detectors"]["velocity"]["cooldown_seconds"] == 60
+    assert _velocity_alerts(60) == 1
+    assert _velocity_alerts(0) == 5
+
+
+@pytest.mark.parametrize(("name", "cooldown", "error"), [
+    ("velocity", -1, "whole number of seconds"),
+    ("velocity", 1.5, "whole number of seconds"),
+    ("cycle", 60, "runs in the flow stage"),
+])
+def test_a_bad_cooldown_is_refused_with_its_key(name: str, cooldown: Any, error: str) -> None:
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["detectors"] = {name: {**config["detectors"][name], "cooldown_seconds": cooldown}}
+    with pytest.raises(ValueError, match=f"detectors.{name}.cooldown_seconds: .*{error}|"
+                                         f"detectors.{name}.cooldown_seconds must be a {error}"):
+        build_alerters(config)
