@@ -61,14 +61,20 @@ async def resolve_replication_factor(settings: Settings, **overrides: Any) -> Se
     client = admin(settings, **overrides)
     try:
         await client.start()
-        cluster = await client.describe_cluster()
+        replicas = await _default_replicas(client)
     except KafkaError as exc:
         message = f"cannot ask the cluster at {settings.broker} how many brokers it has: {exc!r}"
         raise KafkaSetupError(message) from exc
     finally:
         await client.close()
+    return replace(settings, replication_factor=replicas)
+
+
+async def _default_replicas(client: AIOKafkaAdminClient) -> int:
+    """One replica per broker of the cluster, at most :data:`MAX_DEFAULT_REPLICATION`."""
+    cluster = await client.describe_cluster()
     brokers = len(cluster.get("brokers") or ())
-    return replace(settings, replication_factor=max(1, min(MAX_DEFAULT_REPLICATION, brokers)))
+    return max(1, min(MAX_DEFAULT_REPLICATION, brokers))
 
 
 class KafkaSetupError(RuntimeError):
@@ -169,9 +175,7 @@ async def create_topics(
         if replication_factor is None and settings.replication_factor > 0:
             replication_factor = settings.replication_factor
         if replication_factor is None:
-            cluster = await client.describe_cluster()
-            brokers = len(cluster.get("brokers") or ())
-            replication_factor = max(1, min(MAX_DEFAULT_REPLICATION, brokers))
+            replication_factor = await _default_replicas(client)
         if min_insync_replicas is None:
             min_insync_replicas = min_insync_for(replication_factor)
         topic_configs = {"min.insync.replicas": str(min_insync_replicas), **(configs or {})}

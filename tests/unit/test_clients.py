@@ -151,7 +151,7 @@ def test_every_topic_and_changelog_of_the_worker_gets_the_replicas(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("replicas", "insync"), [(1, "1"), (2, "1"), (3, "2")])
-def test_one_broker_down_leaves_every_topic_writable(replicas: int, insync: str) -> None:
+def test_min_insync_replicas_is_one_less_than_the_replicas(replicas: int, insync: str) -> None:
     assert clients.replica_configs(replicas) == {"min.insync.replicas": insync}
 
 

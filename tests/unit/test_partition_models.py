@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,16 +96,31 @@ def test_without_the_model_record_a_restart_changes_the_alerts() -> None:
     assert before + after != uninterrupted
 
 
+def crash_between_models_and_accounts(
+        make: Callable[[], Monitor], events: list[bytes], batch_start: int, batch_end: int,
+) -> tuple[list[tuple[int, str]], dict[bytes, AccountState], dict[bytes, Any]]:
+    """Run to ``batch_start``, crash after the next batch's model record is delivered
+    and before its account records are, then replay from ``batch_start`` to the end.
+
+    Returns the replay's alerts, the account states and the model records after it.
+    """
+    states: dict[bytes, AccountState] = {}
+    models: dict[bytes, Any] = {}
+    run(make(), events, states, models, until=batch_start)
+    committed = copy.deepcopy(states)
+    run(make(), events, states, models, start=batch_start, until=batch_end)
+    replayed = run(make(), events, committed, models, start=batch_start)
+    return replayed, committed, models
+
+
+def detector_states(states: dict[bytes, AccountState]) -> dict[bytes, Any]:
+    return {key: state.detectors for key, state in states.items()}
+
+
 def test_a_crash_between_the_model_record_and_the_accounts_does_not_learn_twice() -> None:
     events = stream(3_000)
     uninterrupted = run(monitor(), events, {}, {})
-    states: dict[bytes, AccountState] = {}
-    models: dict[bytes, Any] = {}
-    run(monitor(), events, states, models, until=1_500)
-    committed = copy.deepcopy(states)
-    # the next batch's model record is delivered, its account records are not
-    run(monitor(), events, states, models, start=1_500, until=1_600)
-    replayed = run(monitor(), events, committed, models, start=1_500)
+    replayed, _, models = crash_between_models_and_accounts(monitor, events, 1_500, 1_600)
     # the models do not judge again what they learnt; from then on, every decision is the same
     assert not [a for a in replayed if a[0] < 1_600 and a[1] != "velocity"]
     assert [a for a in replayed if a[0] >= 1_600] == [a for a in uninterrupted if a[0] >= 1_600]
@@ -119,14 +135,8 @@ def test_after_that_crash_the_accounts_states_equal_an_uninterrupted_run() -> No
     uninterrupted = run(monitor(), events, whole, {})
     flagged = [i for i, d in uninterrupted if d == "amount_outlier" and 1_600 <= i < 1_700]
     assert flagged, "the crashed batch should hold an amount_outlier alert"
-    states: dict[bytes, AccountState] = {}
-    models: dict[bytes, Any] = {}
-    run(monitor(), events, states, models, until=1_600)
-    committed = copy.deepcopy(states)
-    run(monitor(), events, states, models, start=1_600, until=1_700)
-    run(monitor(), events, committed, models, start=1_600)
-    assert {k: s.detectors for k, s in committed.items()} == {
-        k: s.detectors for k, s in whole.items()}
+    _, replayed, _ = crash_between_models_and_accounts(monitor, events, 1_600, 1_700)
+    assert detector_states(replayed) == detector_states(whole)
 
 
 def test_after_that_crash_learnt_population_limits_count_each_event_once() -> None:
@@ -134,24 +144,20 @@ def test_after_that_crash_learnt_population_limits_count_each_event_once() -> No
     config["detectors"]["spending_burst"] = {
         "params": {"min_history": 3, "min_population": 50}, "threshold": 5.0,
         "severity": "high"}
+
     def burst_monitor() -> Monitor:
         return Monitor(Decoder(pii_key=b"test-key", max_message_bytes=65536),
                        build_alerters(config), config["version"], cooldown_seconds={})
+
     events = stream(3_000)
     whole: dict[bytes, AccountState] = {}
     whole_models: dict[bytes, Any] = {}
     run(burst_monitor(), events, whole, whole_models)
-    states: dict[bytes, AccountState] = {}
-    models: dict[bytes, Any] = {}
-    run(burst_monitor(), events, states, models, until=1_600)
-    committed = copy.deepcopy(states)
-    run(burst_monitor(), events, states, models, start=1_600, until=1_700)
-    run(burst_monitor(), events, committed, models, start=1_600)
+    _, replayed, models = crash_between_models_and_accounts(burst_monitor, events, 1_600, 1_700)
     key = model_key("p", 0)
     population = orjson.loads(models[key])["alerters"]["spending_burst"]
     assert population == orjson.loads(whole_models[key])["alerters"]["spending_burst"]
-    assert {k: s.detectors for k, s in committed.items()} == {
-        k: s.detectors for k, s in whole.items()}
+    assert detector_states(replayed) == detector_states(whole)
 
 
 def test_partitions_keep_separate_models() -> None:
