@@ -10,14 +10,15 @@ VENV_STAMP := $(VENV)/.txwatch-installed
 BENCH_STAMP := $(VENV)/.txwatch-bench-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint bench broker prometheus stack stack-sim stack-down clean distclean
+.PHONY: help venv demo test lint bench bench-quick broker prometheus stack stack-sim stack-down clean distclean
 
 help:
 	@echo "make venv        create $(VENV) and install txwatch with its dev tools"
 	@echo "make demo        run the end-to-end demo (starts its own Kafka broker)"
 	@echo "make test        run every test (installs Debian's prometheus first if root)"
 	@echo "make lint        ruff check and mypy"
-	@echo "make bench       throughput benchmark"
+	@echo "make bench       throughput benchmark (writes docs/performance/)"
+	@echo "make bench-quick the same ratios on 50,000 events, one round (writes var/bench-quick/)"
 	@echo "make broker      run a local Kafka broker in the foreground"
 	@echo "make stack       docker compose stack (Kafka, 2 workers, Prometheus, Alertmanager, Grafana)"
 	@echo "make clean       remove caches and local data (var/); keeps $(VENV)"
@@ -52,6 +53,12 @@ $(BENCH_STAMP): pyproject.toml $(VENV_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/throughput.py
+
+# a check of a change before the full run: one round per design, a short latency run,
+# a restore over 100,000 accounts; results beside the committed ones, not over them
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python bench/throughput.py --events 50000 --repeat 1 --latency-seconds 20 \
+		--accounts-for-state 100000 --out-dir var/bench-quick
 
 broker: venv
 	$(BIN)/txwatch broker

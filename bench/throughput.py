@@ -87,6 +87,11 @@ from streams.settings import Settings  # noqa: E402
 # configuration (README, "Configuration"); the benchmark never sees personal data.
 os.environ["TXWATCH_DEV_MODE"] = "1"
 
+
+def dev_settings(**values: Any) -> Settings:
+    """:class:`Settings` in development mode, as every child's environment has it."""
+    return Settings(dev_mode=True, **values)
+
 DESIGNS = ("raw_aiokafka", "bare_faust", "naive_table", "txwatch")
 LABELS = {
     "raw_aiokafka": "raw aiokafka + orjson (ceiling)",
@@ -301,7 +306,7 @@ def _use_uvloop() -> None:
 def run_raw_aiokafka(spec: dict[str, Any], tracker: Tracker) -> None:
     async def consume() -> None:
         consumer = clients.consumer(
-            Settings(broker=spec["broker"]), spec["payments_topic"], spec["lending_topic"],
+            dev_settings(broker=spec["broker"]), spec["payments_topic"], spec["lending_topic"],
             group_id=spec["group"], enable_auto_commit=True, client_id="txwatch-bench-raw",
         )
         await consumer.start()
@@ -677,13 +682,13 @@ def child_spec(broker: str, topics: Topics, group: str, expected: int, partition
 
 async def create_topics(bootstrap: str, names: Iterable[str], partitions: int,
                         configs: dict[str, str] | None = None) -> None:
-    await clients.create_topics(Settings(broker=bootstrap), names, partitions,
+    await clients.create_topics(dev_settings(broker=bootstrap), names, partitions,
                                 replication_factor=1, configs=configs, client_id="txwatch-bench")
 
 
 async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
     """Delete every topic whose name starts with one of ``prefixes``; return them."""
-    admin = clients.admin(Settings(broker=bootstrap), client_id="txwatch-bench")
+    admin = clients.admin(dev_settings(broker=bootstrap), client_id="txwatch-bench")
     await admin.start()
     try:
         existing = await admin.list_topics()
@@ -698,7 +703,7 @@ async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
 async def produce(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]],
                   label: str, total: int | None = None) -> int:
     """Send as fast as the producer goes; return the count once all are acknowledged."""
-    producer = clients.producer(Settings(broker=bootstrap), linger_ms=20,
+    producer = clients.producer(dev_settings(broker=bootstrap), linger_ms=20,
                                 max_batch_size=512 * 1024, client_id="txwatch-bench")
     await producer.start()
     sent = 0
@@ -728,7 +733,7 @@ def simulator_messages(seed: int, events: int, accounts: int,
     """``(topic, key, value, event_id)`` of the simulator's events, every scenario on."""
     from streams.simulate import encode, generate, message_key, topic_for
 
-    routing = Settings(payments_topic=topics.payments, lending_topic=topics.lending)
+    routing = dev_settings(payments_topic=topics.payments, lending_topic=topics.lending)
     traffic = generate(seed, events=events, accounts=accounts)
     out = []
     for event in [*traffic, *traffic.drain()]:
@@ -839,7 +844,7 @@ def summarise(outcomes: Sequence[ChildOutcome]) -> dict[str, dict[str, Any]]:
 async def read_records(bootstrap: str, topic: str, limit: int | None = None,
                        idle_seconds: float = 3.0, timeout: float = 120.0) -> list[Any]:
     """Records of ``topic`` from the beginning until ``limit`` or ``idle_seconds`` of silence."""
-    consumer = clients.consumer(Settings(broker=bootstrap), topic, client_id="txwatch-bench")
+    consumer = clients.consumer(dev_settings(broker=bootstrap), topic, client_id="txwatch-bench")
     await consumer.start()
     records: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -944,7 +949,7 @@ def histogram_summary(samples: dict[str, list[tuple[dict[str, str], float]]],
 async def paced_produce(bootstrap: str, messages: Sequence[tuple[str, bytes, bytes, str]],
                         rate: float) -> dict[str, int]:
     """Send at ``rate`` messages/s on a drift-free schedule; ``event_id -> timestamp ms``."""
-    producer = clients.producer(Settings(broker=bootstrap), linger_ms=0,
+    producer = clients.producer(dev_settings(broker=bootstrap), linger_ms=0,
                                 client_id="txwatch-bench-paced")
     await producer.start()
     loop = asyncio.get_running_loop()
@@ -1054,7 +1059,7 @@ def sample_states(args: argparse.Namespace) -> tuple[list[bytes], dict[str, Any]
     from streams.simulate import encode, generate, topic_for
 
     # production topic names: they are stored in each state
-    settings = Settings(dev_mode=True)
+    settings = dev_settings()
     monitor = build_monitor(settings)
     accounts = args.state_sample_accounts
     events = accounts * args.state_events_per_account
@@ -1099,7 +1104,7 @@ def run_restore(args: argparse.Namespace, broker: str, dumps: Sequence[bytes], w
     accounts = args.accounts_for_state
     topics = Topics.under(f"bench.{tag}.restore")
     group = f"bench-{tag}-restore"
-    settings = Settings(broker=broker, app_id=group, payments_topic=topics.payments,
+    settings = dev_settings(broker=broker, app_id=group, payments_topic=topics.payments,
                         lending_topic=topics.lending, partitions=args.partitions)
     changelog = changelog_topic_for(settings)
     progress(f"restore: writing {accounts:,} account states to {changelog} "
@@ -1673,7 +1678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             profile_messages = messages[:args.profile_events] if args.profile else []
             del messages
 
-            drift = check_config_drift(Settings(broker=broker, app_id=f"bench-{tag}-drift",
+            drift = check_config_drift(dev_settings(broker=broker, app_id=f"bench-{tag}-drift",
                                                 partitions=args.partitions))
             results["faust_config_drift"] = drift
             if drift:
