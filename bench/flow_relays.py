@@ -56,7 +56,7 @@ VARIANTS: Mapping[str, dict[str, Any]] = {
     "hub-5": {"hub_degree": 5},
     "ratio-4": {"amount_ratio": 4},
     "paths-16": {"max_entries": 16},
-    "memory-365": {"memory_seconds": 365 * 86_400},
+    "memory-90": {"memory_seconds": 90 * 86_400},
     "relays-3": {"relay_hops": 3},
 }
 #: Simulator labels that are flow typologies, by the pattern they count as.

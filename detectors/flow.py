@@ -134,7 +134,11 @@ class FlowParams:
         accounts are ordinary life; laundering routes run over new relationships.
     memory_seconds
         How long a sender is remembered after its last transfer, for novelty
-        and the fan-in count (at least ``window_seconds``).
+        and the fan-in count (at least ``window_seconds``). A year: ordinary
+        relationships repeat quarterly, half-yearly or yearly, and one
+        forgotten sooner comes back as new, extending paths by chance (on an
+        AML simulator's history 90 days took about half of its "new"
+        relationships for new; ``docs/detection.md``).
     """
 
     max_entries: int = 64
@@ -148,7 +152,7 @@ class FlowParams:
     relay_hops: int | None = None
     amount_ratio: int | None = 10
     novel_transfers: int | None = 1
-    memory_seconds: int = 90 * 86_400
+    memory_seconds: int = 365 * 86_400
 
     def __post_init__(self) -> None:
         for name in (

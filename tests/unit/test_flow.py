@@ -480,6 +480,24 @@ def test_state_stays_bounded_when_every_table_is_full_with_the_longest_ids() -> 
     assert state_bytes(sketch) <= params.max_state_bytes(longest)
 
 
+def test_a_relationship_resumed_after_half_a_year_is_not_new() -> None:
+    # b paid c once; half a year later (a half-yearly payment) it pays again, and then
+    # c pays a, which paid b: a ring of repeat business, not money going round.
+    half_year = 182 * DAY
+    stage = InMemoryFlowStage()
+    features = run(stage, [("t0", T0, "b", "c"), ("t1", T0 + half_year, "a", "b"),
+                           ("t2", T0 + half_year + DAY, "b", "c"),
+                           ("t3", T0 + half_year + 2 * DAY, "c", "a")])
+    assert edge_features(features, "t2")["flow_novel"] is False
+    assert findings(features) == []
+    # with the former 90-day memory the repeat looked new and closed a ring
+    forgetful = InMemoryFlowStage(FlowParams(memory_seconds=90 * DAY))
+    features = run(forgetful, [("t0", T0, "b", "c"), ("t1", T0 + half_year, "a", "b"),
+                               ("t2", T0 + half_year + DAY, "b", "c"),
+                               ("t3", T0 + half_year + 2 * DAY, "c", "a")])
+    assert findings(features) == [("t3", "edge", "a", 3)]
+
+
 def test_old_entries_are_pruned_after_the_window() -> None:
     stage = InMemoryFlowStage()
     run(stage, [("t1", T0, "a", "b"), ("t2", T0 + 60, "b", "c")])
