@@ -21,8 +21,6 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Final
 
 from streams.simulate import (
-    _DAY,
-    _MULE_PROFILES,
     DEFAULT_ACCOUNTS,
     DEFAULT_FIRST_INCIDENT_AT,
     DEFAULT_START,
@@ -33,10 +31,10 @@ from streams.simulate import (
     Scenario,
     SimAccount,
     TrafficGenerator,
-    _transfer,
-    _whole_yuan,
     minor_units,
 )
+from streams.simulate.population import _DAY
+from streams.simulate.scenarios import _MULE_PROFILES, _transfer, _whole_yuan
 
 __all__ = [
     "LONG_HORIZON_SCENARIOS",

@@ -39,3 +39,36 @@ def test_detectors_never_import_kafka_faust_or_streams() -> None:
         if module.split(".")[0] in {"faust", "aiokafka", "streams", "mode"}
     )
     assert not offenders, offenders
+
+
+#: The simulator's modules, lowest layer first: each imports only those before it.
+SIMULATOR_LAYERS = ("population", "scenarios", "generator", "publishing", "book")
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Modules ``path`` imports when it runs: ``if TYPE_CHECKING:`` blocks left out."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            node.body = []
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_simulator_is_a_package_of_layers_without_a_circle() -> None:
+    package = ROOT / "streams" / "simulate"
+    modules = sorted(path.stem for path in package.glob("*.py") if path.stem != "__init__")
+    assert modules == sorted(SIMULATOR_LAYERS)
+    upward = sorted(
+        f"{name} imports {module}"
+        for level, name in enumerate(SIMULATOR_LAYERS)
+        for module in runtime_imports(package / f"{name}.py")
+        if module.startswith("streams.simulate")
+        and module.removeprefix("streams.simulate.") not in SIMULATOR_LAYERS[:level]
+    )
+    assert not upward, upward

@@ -867,7 +867,7 @@ async def test_simulate_routes_keys_and_labels_what_it_sends(tmp_path):
 
 
 async def test_simulate_at_a_rate_keeps_to_the_schedule(monkeypatch):
-    monkeypatch.setattr(sim, "PROGRESS_EVERY", 0.1)
+    monkeypatch.setattr("streams.simulate.publishing.PROGRESS_EVERY", 0.1)
     lines: list[str] = []
     loop = asyncio.get_running_loop()
     began = loop.time()
