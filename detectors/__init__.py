@@ -4,7 +4,7 @@ Each detector scores the features of one event (see ``streams/features.py``);
 :class:`ThresholdAlerter` turns a score into a :class:`Finding`, and
 :func:`build_alerters` builds the configured alerters. The contract is in
 :mod:`detectors.base`, the generic checks every detector passes in
-:mod:`detectors.checks`.
+:mod:`detectors.conformance`.
 """
 
 from __future__ import annotations

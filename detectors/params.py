@@ -100,7 +100,7 @@ def optional_int(x_value: Any) -> int | None:
     """A feature that should be an ``int`` (``ts``, ``amount_minor``), or ``None``.
 
     Features come from the worker, but a detector must not raise on a sparse
-    or odd mapping (see :func:`detectors.checks.check_missing_optional_fields`).
+    or odd mapping (see :func:`detectors.conformance.check_missing_optional_fields`).
     """
     if type(x_value) is int:  # the usual case, decided without two isinstance calls
         return x_value

@@ -1,7 +1,7 @@
 """Properties of the flow stage: every ring is found, whatever the order; no ring is invented.
 
 The message passing of the worker is simulated in one process. In order
-(:class:`detectors.flow.InMemoryFlowStage`), each transfer is observed at its
+(:class:`detectors.conformance.InMemoryFlowStage`), each transfer is observed at its
 receiver, then its back record at its sender, then every relay it causes,
 before the next transfer. Out of order, every record waits in one pool and
 the next one delivered is drawn at random, so an edge may carry origins read
@@ -16,7 +16,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors.flow import DEFAULT_FLOW_PARAMS, FlowSketch, InMemoryFlowStage, edge_origins
+from detectors.conformance import InMemoryFlowStage
+from detectors.flow import DEFAULT_FLOW_PARAMS, FlowSketch, edge_origins
 
 T0 = 1_709_251_200
 WINDOW = DEFAULT_FLOW_PARAMS.window_seconds

@@ -2,13 +2,13 @@
 
 A stage detector (``cycle``, ``identity_reuse``, ``suspicious_payout`` ...)
 is stateless over the features its stage's sketch computes;
-``detectors/checks.py`` checks the detector on those features. Whether its
+``detectors/conformance/`` checks the detector on those features. Whether its
 alerts survive a restart and a replay depends on
 :class:`streams.stages.DerivedStage`: the sketch snapshot written to the
 table's changelog (``StageEntry.dumps()``) and rebuilt on recovery
 (``DerivedStage.entry``), and the replay guard (each key's last offset and
 recent event-id digests). The checks here feed a detector's labelled records
-(:func:`detectors.checks.labelled_stage_records`) through a real
+(:func:`detectors.conformance.labelled_stage_records`) through a real
 ``DerivedStage`` configured as shipped with that detector alone, as one
 partition of the stage's topic:
 
@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import orjson
 
-from detectors.checks import labelled_stage_records, stage_of, stage_stream
+from detectors.conformance import labelled_stage_records, stage_of, stage_stream
 from detectors.flow import edge_origins
 from detectors.registry import DEFAULT_CONFIG, STAGE_DETECTORS, build_alerters
 from streams.alerts import Alert
@@ -360,9 +360,9 @@ def check_one_content_per_alert_id(factory: StageFactory) -> None:
 
 
 def check_stage_matches_features(factory: StageFactory) -> None:
-    """The stage raises exactly what its detectors find on :func:`detectors.checks.stage_stream`.
+    """The stage raises exactly what its detectors find on the conformance ``stage_stream``.
 
-    The detector checks of ``detectors/checks.py`` judge a stage detector on
+    The detector checks of ``detectors/conformance/`` judge a stage detector on
     the features of the sketches wired in one process; this ties them to the
     stage as the worker runs it.
     """

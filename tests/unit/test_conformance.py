@@ -2,7 +2,7 @@
 
 Test ids are ``detector:check``, e.g. ``amount_outlier:state_json_round_trip``
 or ``cycle:snapshot_restore``. Stage detectors (flow, identity, project) go
-through the checks of ``detectors/checks.py`` on their stage's features, then
+through the checks of ``detectors/conformance/`` on their stage's features, then
 through the checks of the stage itself (``tests/support/stage_conformance.py``:
 snapshot and restore, replays, records with fields missing).
 """
@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import pytest
 
 from detectors.base import Detector, Features, KeyedDetector, ThresholdAlerter
-from detectors.checks import (
+from detectors.conformance import (
     ANOMALY_KINDS,
     STAGE_ANOMALY_KINDS,
     TARGET_KINDS,
@@ -55,7 +55,7 @@ from tests.support.stage_conformance import (
 )
 
 #: Parameters laid over the shipped ones. The packaged blacklist is empty (a deployment
-#: lists its own hashes); with an empty list, detectors.checks injects the stand-in hash
+#: lists its own hashes); with an empty list, detectors.conformance injects the stand-in hash
 #: "0" * 32 as the listed identity, so the suite lists that one.
 _LISTED_FOR_THE_CHECKS: dict[str, dict[str, Any]] = {"blacklist": {"hashes": ["0" * 32]}}
 #: Fixed thresholds standing in for a shipped alert budget without a floor. The

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from detectors.conformance import InMemoryFlowStage
 from detectors.flow import (
     DEFAULT_FLOW_PARAMS,
     Cycle,
@@ -17,7 +18,6 @@ from detectors.flow import (
     FlowParams,
     FlowSketch,
     GatherScatter,
-    InMemoryFlowStage,
     ScatterGather,
     edge_origins,
     stable_hash,

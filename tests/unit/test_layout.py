@@ -72,3 +72,15 @@ def test_the_simulator_is_a_package_of_layers_without_a_circle() -> None:
         and module.removeprefix("streams.simulate.") not in SIMULATOR_LAYERS[:level]
     )
     assert not upward, upward
+
+
+def test_no_production_module_imports_the_conformance_suite() -> None:
+    # the suite generates data and runs a whole flow stage in memory: tooling, not runtime
+    importers = sorted(
+        path.relative_to(ROOT).as_posix()
+        for folder in ("streams", "detectors")
+        for path in (ROOT / folder).rglob("*.py")
+        if "conformance" not in path.parts
+        and any(module.startswith("detectors.conformance") for module in imported_modules(path))
+    )
+    assert importers == [], importers
