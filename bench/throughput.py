@@ -1214,7 +1214,7 @@ PROFILE_CATEGORIES = (
     ("txwatch stages/rules/feedback", "streams/stages.py"),
     ("txwatch stages/rules/feedback", "streams/rules.py"),
     ("txwatch stages/rules/feedback", "streams/feedback.py"),
-    ("txwatch stages/rules/feedback", "streams/portfolio.py"),
+    ("txwatch stages/rules/feedback", "streams/portfolio/"),
     ("txwatch pipeline", "streams/pipeline.py"),
     ("txwatch alerts", "streams/alerts.py"),
     ("process entry (cli, bench harness)", "streams/cli.py"),

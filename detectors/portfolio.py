@@ -1,6 +1,6 @@
 """The lending book: loan states, delinquency buckets, roll rates, concentration, vintages.
 
-Plain Python, no Faust, Kafka or Prometheus: ``streams/portfolio.py`` feeds it
+Plain Python, no Faust, Kafka or Prometheus: ``streams/portfolio/`` feeds it
 from the lending topic, the CLI and the tests feed it from lists.
 
 Loan state
@@ -487,7 +487,7 @@ class PortfolioConfig:
         the merged book mixes different moments.
     live_max_lag
         And only while every partition's published partial was at most this
-        many input messages behind (``streams/portfolio.py`` checks it).
+        many input messages behind (``streams/portfolio/`` checks it).
     limits
         The limits checked by :func:`check_limits`.
     """

@@ -158,7 +158,7 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
     from streams import __version__
     from streams.agents import attach_agent
     from streams.feedback import attach_feedback
-    from streams.portfolio import attach_portfolio
+    from streams.portfolio.agent import attach_portfolio
     from streams.rules import attach_rules
 
     sensors = SensorDelegate(extra_sensors)

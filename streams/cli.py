@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true",
                           help="print the README's table (Configuration) instead")
 
-    from streams import calibrate, evaluation, feedback, importer, portfolio, rules
+    from streams import calibrate, evaluation, feedback, importer, rules
+    from streams.portfolio import cli as portfolio
 
     for module in (portfolio, rules, feedback, evaluation, importer, calibrate):
         module.register_cli(sub)

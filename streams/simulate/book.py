@@ -2,7 +2,7 @@
 
 Independent of the payment traffic: borrowers, monthly instalments, the
 servicing system's status cycle, and two problems a risk committee should see
-(``streams/portfolio.py`` watches for them): a deteriorating cohort and a
+(``streams/portfolio/`` watches for them): a deteriorating cohort and a
 concentrated region.
 """
 
@@ -34,7 +34,7 @@ from streams.simulate.publishing import (
 #
 # A loan book on its own, independent of the traffic above: borrowers, loans
 # with monthly instalments, the servicing system's status cycle, and two
-# problems a risk committee should see (``streams/portfolio.py`` watches for
+# problems a risk committee should see (``streams/portfolio/`` watches for
 # them): a deteriorating cohort and a concentrated region.
 
 #: Borrowers' industries and their weights.

@@ -84,7 +84,7 @@ def cli_argv(csv_dir: Path) -> list[str]:
         with contextlib.redirect_stderr(io.StringIO()):
             build_parser().parse_args(["portfolio"])
     except SystemExit:  # not registered in streams.cli yet
-        return [sys.executable, "-m", "streams.portfolio", "--csv", str(csv_dir)]
+        return [sys.executable, "-m", "streams.cli", "portfolio", "--csv", str(csv_dir)]
     return [sys.executable, "-m", "streams.cli", "portfolio", "--csv", str(csv_dir)]
 
 

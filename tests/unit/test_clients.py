@@ -146,7 +146,7 @@ def test_every_topic_and_changelog_of_the_worker_gets_the_replicas(tmp_path: Pat
     assert len(topics) >= 8
     for topic in topics:
         assert topic.config["min.insync.replicas"] == "2", topic.get_topic_name()
-    loans = runtime.app._txwatch_portfolio.table  # the lending book (streams/portfolio.py)
+    loans = runtime.app._txwatch_portfolio.table  # the lending book (streams/portfolio/)
     assert loans.changelog_topic.config["min.insync.replicas"] == "2"
 
 

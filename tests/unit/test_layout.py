@@ -84,3 +84,29 @@ def test_no_production_module_imports_the_conformance_suite() -> None:
         and any(module.startswith("detectors.conformance") for module in imported_modules(path))
     )
     assert importers == [], importers
+
+
+#: What a worker runs: the Faust app and everything it loads to process a stream.
+RUNTIME = (
+    "streams/app.py", "streams/agents.py", "streams/pipeline.py", "streams/stages.py",
+    "streams/state.py", "streams/features.py", "streams/codec.py", "streams/events.py",
+    "streams/alerts.py", "streams/metrics.py", "streams/sensors.py", "streams/runtime.py",
+    "streams/rules.py", "streams/feedback.py", "streams/clients.py", "streams/settings.py",
+    "streams/rejects.py", "streams/portfolio/__init__.py", "streams/portfolio/agent.py",
+    "streams/portfolio/config.py",
+    "streams/portfolio/metrics.py", "streams/portfolio/records.py",
+)
+#: Development and measurement tools a worker never needs.
+TOOLING = ("streams.simulate", "streams.populations", "streams.evaluation", "streams.calibrate",
+           "streams.importer", "streams.demo", "streams.broker", "streams.portfolio.cli",
+           "streams.portfolio.report")
+
+
+def test_the_worker_never_imports_tooling() -> None:
+    offenders = sorted(
+        f"{name}: {module}"
+        for name in RUNTIME
+        for module in imported_modules(ROOT / name)
+        if module.startswith(TOOLING)
+    )
+    assert not offenders, offenders

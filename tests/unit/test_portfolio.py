@@ -63,10 +63,9 @@ from streams.portfolio import (
     lending_event,
     loan_key,
     partial_record,
-    register_cli,
-    render_book,
-    write_csv,
 )
+from streams.portfolio.cli import register_cli
+from streams.portfolio.report import render_book, write_csv
 from streams.sensors import Sensor
 from streams.settings import Settings
 
