@@ -89,7 +89,10 @@ def child(tree: Path, path: Path, sensor: bool, alerts_out: Path | None,
 
         Alert.from_finding = classmethod(record)  # type: ignore[method-assign,assignment]
     if chunk is not None:
-        lines = evaluation.numbered_lines
+        # the module that defines backtest reads the lines (streams/evaluation/backtest.py,
+        # or streams/evaluation.py in a tree from before the package)
+        home = sys.modules[evaluation.backtest.__module__]
+        lines = home.numbered_lines
 
         def in_chunks(source: Path) -> Iterator[tuple[int, bytes]]:
             _report(None)  # set up: wait for the first turn
@@ -104,7 +107,7 @@ def child(tree: Path, path: Path, sensor: bool, alerts_out: Path | None,
             _report({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
                      "lines": count, "last": True})
 
-        evaluation.numbered_lines = in_chunks  # type: ignore[assignment]
+        home.numbered_lines = in_chunks
     result = evaluation.backtest(path)
     if alerts_out is not None:
         alerts_out.write_text(json.dumps(recorded))

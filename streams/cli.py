@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true",
                           help="print the README's table (Configuration) instead")
 
-    from streams import calibrate, evaluation, feedback, importer, rules
+    from streams import calibrate, feedback, importer, rules
+    from streams.evaluation import cli as evaluation
     from streams.portfolio import cli as portfolio
 
     for module in (portfolio, rules, feedback, evaluation, importer, calibrate):
