@@ -11,7 +11,6 @@ This module never imports ``faust``; its Kafka clients come from
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import base64
@@ -32,7 +31,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -1075,34 +1074,3 @@ def run_broker_cli(data_dir: Path | None, port: int | None) -> int:
         broker.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m streams.broker`` (same options as ``txwatch broker``).
-
-    Parameters
-    ----------
-    argv
-        Command-line arguments without the program name; ``sys.argv[1:]`` when ``None``.
-    """
-    parser = argparse.ArgumentParser(
-        prog="txwatch broker",
-        description=f"Run a local Apache Kafka {KAFKA_VERSION} broker (KRaft, one node).",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="keep the broker's data here between runs (default: a temporary directory)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=None,
-        help="client port on 127.0.0.1 (default: the previous run's, else 9092 when free, "
-             "else any free port)"
-    )
-    args = parser.parse_args(argv)
-    return run_broker_cli(args.data_dir, args.port)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -41,7 +41,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -690,23 +690,3 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("disposition", choices=DISPOSITIONS)
     parser.add_argument("--analyst", default=None, help="who decided (kept for audit)")
     parser.set_defaults(func=run_feedback)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streams.feedback``: the ``feedback`` command on its own."""
-    from streams.settings import Settings, SettingsError
-
-    parser = argparse.ArgumentParser(prog="txwatch")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["feedback", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"txwatch: bad setting: {exc}", file=sys.stderr)
-        return 2
-    result: int = args.func(settings, args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

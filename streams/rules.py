@@ -723,23 +723,3 @@ def register_cli(subparsers: Any) -> None:
     show.add_argument("--timeout", type=float, default=15.0,
                       help="seconds allowed to read the topic")
     show.set_defaults(func=run_rules_show)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streams.rules``: the ``rules`` command on its own."""
-    from streams.settings import Settings, SettingsError
-
-    parser = argparse.ArgumentParser(prog="txwatch")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["rules", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"txwatch: bad setting: {exc}", file=sys.stderr)
-        return 2
-    result: int = args.func(settings, args)
-    return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -169,7 +169,8 @@ async def test_broker_cli_prints_bootstrap_and_stops_on_sigterm(tmp_path: Path) 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "streams.broker",
+        "streams.cli",
+        "broker",
         "--data-dir",
         str(tmp_path / "kafka"),
         stdin=asyncio.subprocess.DEVNULL,

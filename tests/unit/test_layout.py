@@ -110,3 +110,16 @@ def test_the_worker_never_imports_tooling() -> None:
         if module.startswith(TOOLING)
     )
     assert not offenders, offenders
+
+
+def test_txwatch_has_one_command_line_entry_point() -> None:
+    # every command goes through streams/cli.py: settings checked and errors worded once
+    entry_points = sorted(
+        path.relative_to(ROOT).as_posix()
+        for folder in ("streams", "detectors")
+        for path in (ROOT / folder).rglob("*.py")
+        for node in ast.parse(path.read_text()).body
+        if (isinstance(node, ast.FunctionDef) and node.name == "main")
+        or (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))
+    )
+    assert entry_points == ["streams/cli.py", "streams/cli.py"], entry_points
