@@ -30,7 +30,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from detectors.budget import DEFAULT_MIN_SCORED, DEFAULT_SEGMENT_BY, ScoreBudget
 
@@ -140,6 +140,24 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
         finding, before ``learn_one``.
         """
         return None
+
+
+@runtime_checkable
+class Sketch(Protocol):
+    """The per-key state of a derived stage (flow, identity, project).
+
+    The stage's detectors are stateless: they judge the features the sketch
+    computes. A sketch class also offers ``new(params)`` and
+    ``from_state(state, params)``; ``from_state(sketch.to_state(), params)`` is
+    equal to ``sketch`` (the stage writes ``to_state()`` to its changelog and a
+    restarted worker rebuilds the sketch from it). Implemented by
+    :class:`detectors.flow.FlowSketch`, :class:`detectors.identity.IdentitySketch`
+    and :class:`detectors.crowdfunding.ProjectSketch`.
+    """
+
+    def to_state(self) -> list[Any]:
+        """A JSON-able list describing the whole sketch."""
+        ...
 
 
 #: Whether a detector class is keyed, by class (see ``ThresholdAlerter.process_one``).

@@ -33,11 +33,11 @@ import logging
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import orjson
 
-from detectors.base import ThresholdAlerter
+from detectors.base import Sketch, ThresholdAlerter
 from streams.alerts import Alert
 from streams.events import Event
 from streams.sensors import Sensor
@@ -82,12 +82,6 @@ def stage_topic(app_id: str, stage: str) -> str:
     return f"{app_id}-{stage}"
 
 
-class Sketch(Protocol):
-    """What a stage keeps per key (``detectors/flow.py`` and friends)."""
-
-    def to_state(self) -> Any: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Forward:
     """A record for a derived stage, keyed by that stage's entity."""
@@ -110,7 +104,7 @@ class StageEntry:
     stage-1 replay, cannot publish an alert id a second time with other numbers.
     """
 
-    sketch: Any
+    sketch: Sketch
     offset: int = -1
     recent_ids: list[int] = field(default_factory=list)
     alerted: list[int] = field(default_factory=list)
@@ -147,7 +141,8 @@ class DerivedStage:
         This stage's detectors with their thresholds.
     """
 
-    def __init__(self, name: str, new_sketch: Callable[[], Any], load_sketch: Callable[[Any], Any],
+    def __init__(self, name: str, new_sketch: Callable[[], Sketch],
+                 load_sketch: Callable[[Any], Sketch],
                  observe: Callable[[Any, dict[str, Any]], tuple[dict[str, Any] | None,
                                                                   list[Forward]]],
                  alerters: Sequence[ThresholdAlerter], config_version: str,
