@@ -132,6 +132,9 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
     name: ClassVar[str] = "precipitated_funds"
     #: Every event, flagged or not, must update the balance.
     keeps_ledger: ClassVar[bool] = True
+    #: The balance held (minor units) and whether it is above the limit, summed over a
+    #: worker's accounts: the money sitting on the platform and the wallets holding too much.
+    gauge_names: ClassVar[tuple[str, ...]] = ("held_minor", "above_limit")
 
     def __init__(
         self,
@@ -166,6 +169,16 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
 
     def new_state(self) -> list[int]:
         return [0, NOT_ABOVE, 0, 0, 0, 0]
+
+    def gauges(self, state: list[int] | None) -> tuple[int, ...]:
+        """The balance held and 1 when it is above :attr:`balance_limit_minor`.
+
+        >>> detector = PrecipitatedFunds(currency_limits={"CNY": {"balance_limit": 100}})
+        >>> detector.gauges([250, -1, 0, 0, 0, 0]), detector.gauges(None)
+        ((250, 1), (0, 0))
+        """
+        balance = balance_minor(state)
+        return balance, int(balance > self.balance_limit_minor)
 
     def _held(self, x: Features, state: list[int]) -> int | None:
         """Seconds the balance has been above the limit at this event, if it is past due."""

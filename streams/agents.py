@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from detectors.precipitated_funds import PrecipitatedFunds, balance_minor
 from streams.codec import dead_letter_record
+from streams.pipeline import gauge_totals
 from streams.stages import DerivedStage, Forward, StageEntry
 
 if TYPE_CHECKING:
@@ -147,24 +147,16 @@ class MonitorAgent:
         self._assigned_at = time.monotonic()
 
     def on_recovered(self) -> None:
-        self.recount_wallets()
+        self.recount_gauges()
         if self._assigned_at is not None:
             self.runtime.sensors.on_ready(time.monotonic() - self._assigned_at)
             self._assigned_at = None
 
-    def recount_wallets(self) -> None:
-        """Wallet totals from the recovered state (the live gauges move incrementally)."""
-        alerter = next((a for a in self.runtime.monitor.alerters
-                        if a.name == PrecipitatedFunds.name), None)
-        if alerter is None:
-            return
-        limit = alerter.detector.balance_limit_minor  # type: ignore[union-attr]
-        total = above = 0
-        for state in self.runtime.table.data.values():
-            balance = balance_minor(state.detectors.get(PrecipitatedFunds.name))
-            total += balance
-            above += balance > limit
-        self.runtime.sensors.on_wallet_totals(total, above)
+    def recount_gauges(self) -> None:
+        """Detector gauges summed over the recovered state (live, they move by deltas)."""
+        totals = gauge_totals(self.runtime.monitor.alerters, self.runtime.table.data.values())
+        for detector, gauges in totals.items():
+            self.runtime.sensors.on_gauge_totals(detector, gauges)
 
     async def report_lag(self, stage_agents: Sequence[StageAgent] = ()) -> None:
         """Export the lag of every assigned input and derived-stage partition.

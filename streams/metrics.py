@@ -9,7 +9,7 @@ severities from configuration. No label carries an account id.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -101,6 +101,11 @@ class PrometheusSensor(Sensor):
             "Wallets of this worker holding more than the precipitated-funds limit.",
             registry=registry,
         )
+        #: The series of each detector gauge (``KeyedDetector.gauge_names``).
+        self.detector_gauges: dict[tuple[str, str], Gauge] = {
+            ("precipitated_funds", "held_minor"): self.wallet_funds,
+            ("precipitated_funds", "above_limit"): self.wallets_above_limit,
+        }
         self.info = Gauge(
             "txwatch_worker_info", "Worker version and detector configuration version.",
             ["version", "config_version"], registry=registry,
@@ -173,12 +178,14 @@ class PrometheusSensor(Sensor):
     def on_ready(self, restore_seconds: float) -> None:
         self.restore_seconds.set(restore_seconds)
 
-    def on_wallet(self, balance_delta_minor: int, above_limit_delta: int) -> None:
-        if balance_delta_minor:
-            self.wallet_funds.inc(balance_delta_minor)
-        if above_limit_delta:
-            self.wallets_above_limit.inc(above_limit_delta)
+    def on_gauges(self, detector: str, deltas: Mapping[str, int]) -> None:
+        for name, delta in deltas.items():
+            gauge = self.detector_gauges.get((detector, name))
+            if gauge is not None and delta:
+                gauge.inc(delta)
 
-    def on_wallet_totals(self, balance_minor: int, above_limit: int) -> None:
-        self.wallet_funds.set(balance_minor)
-        self.wallets_above_limit.set(above_limit)
+    def on_gauge_totals(self, detector: str, totals: Mapping[str, int]) -> None:
+        for name, total in totals.items():
+            gauge = self.detector_gauges.get((detector, name))
+            if gauge is not None:
+                gauge.set(total)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -26,7 +26,6 @@ from typing import Any, Final
 import orjson
 
 from detectors.base import ThresholdAlerter
-from detectors.precipitated_funds import PrecipitatedFunds, balance_minor
 from streams.alerts import Alert
 from streams.codec import Decoder
 from streams.events import DeadLetter, Event
@@ -36,8 +35,6 @@ from streams.stages import Forward
 from streams.state import AccountState
 
 log = logging.getLogger(__name__)
-
-PRECIPITATED_FUNDS = PrecipitatedFunds.name
 
 #: How far an event's time may lie after its message's timestamp (producer clocks
 #: drift; a day is generous). Later events are dead-lettered with reason ``timestamp``.
@@ -71,8 +68,8 @@ class PartitionModels:
         self.partition = partition
         alerters = [a.clone(detector=a.detector.clone()) if a.has_global_state else a
                     for a in templates]
-        #: ``(alerter, name, is the wallet detector, holds global state)``
-        self.plan = [(a, a.name, a.name == PRECIPITATED_FUNDS, a.has_global_state)
+        #: ``(alerter, name, the detector's gauge names, holds global state)``
+        self.plan = [(a, a.name, getattr(a.detector, "gauge_names", ()), a.has_global_state)
                      for a in alerters]
         self.globals = [a for a in alerters if a.has_global_state]
         #: last input offset whose event the models learnt (``None``: none, or offline)
@@ -277,21 +274,21 @@ class Monitor:
         if not learnt:
             models.offset = offset
             self._changed[model_key] = models
-        for alerter, name, wallet, is_global in models.plan:
+        for alerter, name, gauged, is_global in models.plan:
             before = detectors.get(name)
             if learnt and is_global:
                 flagged = (offset, name) in models.flagged
                 if (kept := alerter.learn_only(x, before, flagged=flagged)) is not None:
                     detectors[name] = kept
                 continue
-            if wallet:
-                wallet_before = balance_minor(before)
+            if gauged:
+                parts_before = alerter.detector.gauges(before)  # type: ignore[union-attr]
             finding, new_state = alerter.process_one(x, before)
-            if wallet:
-                limit = alerter.detector.balance_limit_minor  # type: ignore[union-attr]
-                wallet_after = balance_minor(new_state)
-                sensor.on_wallet(wallet_after - wallet_before,
-                                 int(wallet_after > limit) - int(wallet_before > limit))
+            if gauged:
+                parts_after = alerter.detector.gauges(new_state)  # type: ignore[union-attr]
+                if parts_after != parts_before:
+                    sensor.on_gauges(name, {g: a - b for g, a, b in zip(
+                        gauged, parts_after, parts_before, strict=True)})
             if new_state is not None:
                 detectors[name] = new_state
             score = alerter.last_score
@@ -318,3 +315,23 @@ class Monitor:
         self.sensor.on_event(event, "processed")
         forwards = self.derive(event, x) if self.derive is not None else []
         return Outcome(event=event, alerts=alerts, forwards=forwards)
+
+
+def gauge_totals(alerters: Iterable[ThresholdAlerter],
+                 states: Iterable[AccountState]) -> dict[str, dict[str, int]]:
+    """Each gauged detector's gauges (``KeyedDetector.gauge_names``) summed over ``states``.
+
+    What a worker exports after recovering its accounts; while it runs, the
+    same sums move by each event's deltas (``Sensor.on_gauges``).
+    """
+    gauged = [(a, names) for a in alerters
+              if (names := getattr(a.detector, "gauge_names", ()))]
+    totals = {a.name: [0] * len(names) for a, names in gauged}
+    for state in states:
+        for alerter, _ in gauged:
+            parts = alerter.detector.gauges(  # type: ignore[union-attr]
+                state.detectors.get(alerter.name))
+            sums = totals[alerter.name]
+            for i, part in enumerate(parts):
+                sums[i] += part
+    return {a.name: dict(zip(names, totals[a.name], strict=True)) for a, names in gauged}

@@ -8,7 +8,7 @@ sensors; the pipeline calls hooks, never Prometheus directly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from streams.alerts import Alert
 from streams.events import DeadLetter, Event
@@ -41,11 +41,11 @@ class Sensor:
     def on_ready(self, restore_seconds: float) -> None:
         """The worker finished recovering state after an assignment."""
 
-    def on_wallet(self, balance_delta_minor: int, above_limit_delta: int) -> None:
-        """A wallet's balance held on the platform changed (precipitated funds)."""
+    def on_gauges(self, detector: str, deltas: Mapping[str, int]) -> None:
+        """An account's part of a detector's gauges changed (``KeyedDetector.gauges``)."""
 
-    def on_wallet_totals(self, balance_minor: int, above_limit: int) -> None:
-        """Recounted wallet totals of this worker's accounts (after a recovery)."""
+    def on_gauge_totals(self, detector: str, totals: Mapping[str, int]) -> None:
+        """A detector's gauges recounted over this worker's accounts (after a recovery)."""
 
 
 class SensorDelegate(Sensor):
@@ -89,10 +89,10 @@ class SensorDelegate(Sensor):
         for s in self._sensors:
             s.on_ready(restore_seconds)
 
-    def on_wallet(self, balance_delta_minor: int, above_limit_delta: int) -> None:
+    def on_gauges(self, detector: str, deltas: Mapping[str, int]) -> None:
         for s in self._sensors:
-            s.on_wallet(balance_delta_minor, above_limit_delta)
+            s.on_gauges(detector, deltas)
 
-    def on_wallet_totals(self, balance_minor: int, above_limit: int) -> None:
+    def on_gauge_totals(self, detector: str, totals: Mapping[str, int]) -> None:
         for s in self._sensors:
-            s.on_wallet_totals(balance_minor, above_limit)
+            s.on_gauge_totals(detector, totals)

@@ -123,3 +123,14 @@ def test_txwatch_has_one_command_line_entry_point() -> None:
         or (isinstance(node, ast.If) and "__main__" in ast.unparse(node.test))
     )
     assert entry_points == ["streams/cli.py", "streams/cli.py"], entry_points
+
+
+def test_the_account_stage_names_no_particular_detector() -> None:
+    # a detector's gauges, budgets and ledgers reach the pipeline through the base classes
+    named = sorted(
+        f"{name}: {module}"
+        for name in ("streams/pipeline.py", "streams/agents.py", "streams/metrics.py")
+        for module in imported_modules(ROOT / name)
+        if module.startswith("detectors.") and module.split(".")[1] not in {"base", "registry"}
+    )
+    assert not named, named

@@ -12,7 +12,7 @@ import pytest
 from detectors.base import Detector, Features, ThresholdAlerter
 from detectors.registry import DEFAULT_CONFIG, build_alerters
 from streams.codec import Decoder
-from streams.pipeline import PROCESSING_ERROR, Monitor
+from streams.pipeline import PROCESSING_ERROR, Monitor, gauge_totals
 from streams.state import AccountState
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -112,6 +112,13 @@ def test_precipitated_funds_are_exported_as_totals_without_account_labels():
     m.process(raw_payment(3, account="w1", amount="1000.00", seconds=60), states)
     assert registry.get_sample_value("txwatch_precipitated_funds_minor") == 5_910_000
     assert registry.get_sample_value("txwatch_precipitated_wallets") == 1
+    # after a recovery the worker recounts them from the accounts it holds: the same sums
+    totals = gauge_totals(m.alerters, states.values())
+    assert totals == {"precipitated_funds": {"held_minor": 5_910_000, "above_limit": 1}}
+    sensor.on_gauge_totals("precipitated_funds", {"held_minor": 0, "above_limit": 0})
+    for detector, gauges in totals.items():
+        sensor.on_gauge_totals(detector, gauges)
+    assert registry.get_sample_value("txwatch_precipitated_funds_minor") == 5_910_000
     names = {s.name for metric in registry.collect() for s in metric.samples
              for label in s.labels.values() if label in {"w1", "w2"}}
     assert names == set()
