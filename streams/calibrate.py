@@ -46,6 +46,7 @@ import orjson
 
 from detectors.registry import DEFAULT_CONFIG
 from streams.sensors import Sensor
+from streams.tables import render, share
 
 if TYPE_CHECKING:
     from streams.evaluation import Evaluation
@@ -126,10 +127,6 @@ def _level(fit: DetectorFit, after: bool) -> str:
     return "-" if threshold is None else f"{threshold:.4g}"
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def render_calibration(result: Calibration) -> str:
     """The calibration report as text."""
     with_precision = any(f.precision_before is not None or f.precision_after is not None
@@ -143,21 +140,20 @@ def render_calibration(result: Calibration) -> str:
         f"{result.config.get('version')}",
         "",
     ]
-    head = (f"{'detector':22} {'severity':8} {'allotted':>8} {'before/1k':>9} "
-            f"{'after/1k':>9}  {'level before':>14} -> {'level after':<14}")
+    header = ["detector", "severity", "allotted", "before/1k", "after/1k",
+              "level before -> after"]
     if with_precision:
-        head += f" {'prec. before':>12} {'prec. after':>11}"
-    lines.append(head)
+        header += ["prec. before", "prec. after"]
+    rows = []
     for fit in result.fits:
         after = "-" if fit.after is None else _per_thousand(fit.after, result.events)
-        line = (f"{fit.detector:22} {fit.severity:8} {fit.allotted:>8,} "
-                f"{_per_thousand(fit.before, result.events):>9} {after:>9}  "
-                f"{_level(fit, False):>14} -> {_level(fit, True):<14}")
+        row = [fit.detector, fit.severity, f"{fit.allotted:,}",
+               _per_thousand(fit.before, result.events), after,
+               f"{_level(fit, False)} -> {_level(fit, True)}"]
         if with_precision:
-            line += f" {_share(fit.precision_before):>12} {_share(fit.precision_after):>11}"
-        if fit.note:
-            line += f"  {fit.note}"
-        lines.append(line)
+            row += [share(fit.precision_before), share(fit.precision_after)]
+        rows.append([*row, fit.note or ""])
+    lines.extend(render([*header, ""], rows, right={2, 3, 4, 6, 7}))
     lines.append("")
     lines.append("allotted: the detector's share of the budget in alerts (severity-weighted; "
                  "what a quieter detector leaves goes to the others). Levels are only raised.")
@@ -175,16 +171,15 @@ def _recall_lines(result: Calibration) -> list[str]:
     after = result.after.labelled if result.after is not None else None
     if before is None or after is None:
         return []
-    lines = ["", f"{'pattern':22} {'groups':>6} {'recall before':>13} {'recall after':>12} "
-                 f"{'first 3 before':>14} {'first 3 after':>13}"]
     later = {row.pattern: row for row in after.patterns}
+    rows = []
     for row in before.patterns:
         fitted = later.get(row.pattern)
-        lines.append(
-            f"{row.pattern:22} {row.groups:>6,} {_share(row.group_recall):>13} "
-            f"{_share(fitted.group_recall if fitted else None):>12} "
-            f"{_share(row.first_3_share):>14} "
-            f"{_share(fitted.first_3_share if fitted else None):>13}")
+        rows.append([row.pattern, f"{row.groups:,}", share(row.group_recall),
+                     share(fitted.group_recall if fitted else None), share(row.first_3_share),
+                     share(fitted.first_3_share if fitted else None)])
+    lines = ["", *render(["pattern", "groups", "recall before", "recall after",
+                          "first 3 before", "first 3 after"], rows, right={1, 2, 3, 4, 5})]
     lines.append("recall: labelled groups named by an alert of any detector; first 3: named "
                  "by the time the group's third event was processed.")
     return lines

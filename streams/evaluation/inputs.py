@@ -8,18 +8,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from detectors.registry import DETECTORS, STAGE_DETECTORS
 from streams.codec import parse_occurred_at
-
-if TYPE_CHECKING:
-    pass
-
-
-
-
-
 
 Progress = Callable[[str], None]
 

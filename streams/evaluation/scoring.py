@@ -8,13 +8,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
-
-if TYPE_CHECKING:
-    pass
-
 
 from streams.evaluation.inputs import (
     ANY_DETECTOR,
@@ -23,6 +19,7 @@ from streams.evaluation.inputs import (
     ScoredAlert,
     expected_detector,
 )
+from streams.tables import render, share
 
 # -- scoring --------------------------------------------------------------------------------
 
@@ -387,10 +384,6 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds / 86_400:.1f} d"
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
 def render_table(result: Evaluation) -> str:
     """The per-scenario and per-detector tables of an evaluation."""
     live = result.mode == "evaluate"
@@ -408,23 +401,24 @@ def render_table(result: Evaluation) -> str:
         return "\n".join([head, "", render_labelled(result.labelled),
                           *(f"note: {note}" for note in result.notes)])
     lines = [head, ""]
-    latency_head = "  median latency" if live else ""
-    lines.append(f"{'scenario':22} {'expected detector':20} {'incidents':>9} {'detected':>8} "
-                 f"{'recall':>7} {'median delay':>13}{latency_head}")
+    latency_head = ["median latency"] if live else []
+    rows = []
     for row in result.scenarios:
-        latency = f"  {format_duration(row.median_latency_seconds):>14}" if live else ""
-        lines.append(f"{row.scenario:22} {row.expected_detector:20} {row.incidents:>9,} "
-                     f"{row.detected:>8,} {_share(row.recall):>7} "
-                     f"{format_duration(row.median_delay_seconds):>13}{latency}")
+        latency = [format_duration(row.median_latency_seconds)] if live else []
+        rows.append([row.scenario, row.expected_detector, f"{row.incidents:,}",
+                     f"{row.detected:,}", share(row.recall),
+                     format_duration(row.median_delay_seconds), *latency])
+    lines.extend(render(["scenario", "expected detector", "incidents", "detected", "recall",
+                         "median delay", *latency_head], rows, right=range(2, 7)))
     lines.append("")
-    lines.append(f"{'detector':22} {'alerts':>8} {'true pos.':>9} {'other lbl.':>10} "
-                 f"{'precision':>9} {'median delay':>13}{latency_head}")
+    rows = []
     for d in result.detectors:
-        latency = f"  {format_duration(d.median_latency_seconds):>14}" if live else ""
-        precision = _share(d.precision) if d.expected else "n/a"
-        lines.append(f"{d.detector:22} {d.alerts:>8,} {d.true_positives:>9,} "
-                     f"{d.other_labelled:>10,} {precision:>9} "
-                     f"{format_duration(d.median_delay_seconds):>13}{latency}")
+        latency = [format_duration(d.median_latency_seconds)] if live else []
+        rows.append([d.detector, f"{d.alerts:,}", f"{d.true_positives:,}",
+                     f"{d.other_labelled:,}", share(d.precision) if d.expected else "n/a",
+                     format_duration(d.median_delay_seconds), *latency])
+    lines.extend(render(["detector", "alerts", "true pos.", "other lbl.", "precision",
+                         "median delay", *latency_head], rows, right=range(1, 7)))
     lines.append("")
     lines.append("recall: incidents (labelled events of a scenario on one account) with an alert "
                  "of the expected detector; precision: that detector's alerts on its scenarios' "
@@ -452,7 +446,7 @@ def _percent(value: float | None) -> str:
     """
     if value is not None and 0 < value < 0.01:
         return f"{100 * value:.2f}%"
-    return _share(value)
+    return share(value)
 
 
 def render_labelled(report: LabelReport) -> str:
@@ -461,22 +455,22 @@ def render_labelled(report: LabelReport) -> str:
              f"{_rate(report.alerts_per_1000)} per 1,000 events; precision "
              f"{_percent(report.precision)} (alerts naming a labelled event: "
              f"{report.on_labelled:,}); {report.labelled_events:,} labelled events", ""]
-    lines.append(f"{'pattern':22} {'groups':>6} {'caught':>6} {'group recall':>12} "
-                 f"{'first 3':>7} {'events':>6} {'named':>6} {'event recall':>12}  caught by")
+    rows = []
     for row in report.patterns:
         by = ", ".join(f"{name} {count}" for name, count in row.caught_by.items()) or "-"
-        lines.append(f"{row.pattern:22} {row.groups:>6,} {row.caught:>6,} "
-                     f"{_percent(row.group_recall):>12} {_percent(row.first_3_share):>7} "
-                     f"{row.labelled_events:>6,} {row.named_events:>6,} "
-                     f"{_percent(row.event_recall):>12}  {by}")
+        rows.append([row.pattern, f"{row.groups:,}", f"{row.caught:,}",
+                     _percent(row.group_recall), _percent(row.first_3_share),
+                     f"{row.labelled_events:,}", f"{row.named_events:,}",
+                     _percent(row.event_recall), by])
+    lines.extend(render(["pattern", "groups", "caught", "group recall", "first 3", "events",
+                         "named", "event recall", "caught by"], rows, right=range(1, 8)))
     lines.append("")
-    lines.append(f"{'detector':22} {'alerts':>8} {'per 1,000':>9} {'on labelled':>11} "
-                 f"{'precision':>9}")
-    for d in report.detectors:
-        lines.append(f"{d.detector:22} {d.alerts:>8,} {_rate(d.alerts_per_1000):>9} "
-                     f"{d.on_labelled:>11,} {_percent(d.precision):>9}")
-    lines.append(f"{'all detectors':22} {report.alerts:>8,} {_rate(report.alerts_per_1000):>9} "
-                 f"{report.on_labelled:>11,} {_percent(report.precision):>9}")
+    rows = [[d.detector, f"{d.alerts:,}", _rate(d.alerts_per_1000), f"{d.on_labelled:,}",
+             _percent(d.precision)] for d in report.detectors]
+    rows.append(["all detectors", f"{report.alerts:,}", _rate(report.alerts_per_1000),
+                 f"{report.on_labelled:,}", _percent(report.precision)])
+    lines.extend(render(["detector", "alerts", "per 1,000", "on labelled", "precision"], rows,
+                        right=range(1, 5)))
     lines.append("")
     lines.append("A group is caught when an alert of any detector names one of its events "
                  "(event_ids); first 3: named by an alert raised by the time the group's third "

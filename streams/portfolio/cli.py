@@ -7,20 +7,15 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from detectors.portfolio import (
     GRANULARITIES,
 )
-from streams.settings import Settings, SettingsError
-
-if TYPE_CHECKING:
-    pass
-
-
 from streams.portfolio.config import PortfolioSettings, load_portfolio_config
 from streams.portfolio.records import read_partials
 from streams.portfolio.report import render_book, write_csv
+from streams.settings import Settings, SettingsError
 
 # -- command line -------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import orjson
 
@@ -15,15 +15,6 @@ from detectors.portfolio import (
     PortfolioConfig,
 )
 from streams.settings import PREFIX, Settings, SettingsError
-
-if TYPE_CHECKING:
-    pass
-
-
-
-
-
-
 
 TABLE_NAME: Final = "portfolio_loans"
 AGENT_NAME: Final = "txwatch.portfolio"
@@ -35,8 +26,6 @@ EMITTED_KEPT: Final = 5000
 REFRESH_SECONDS: Final = 30.0
 EVICT_INTERVAL_SECONDS: Final = 60.0
 ALERT_KEY: Final = b"portfolio"
-
-
 
 
 # -- settings -----------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from detectors.portfolio import (
@@ -14,14 +12,6 @@ from detectors.portfolio import (
     Book,
     PortfolioConfig,
 )
-
-if TYPE_CHECKING:
-    pass
-
-
-
-
-
 
 # -- metrics ------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -23,13 +23,8 @@ from detectors.portfolio import (
 from streams.alerts import Alert, alert_id_for
 from streams.codec import parse_amount_minor
 from streams.events import Event
-from streams.settings import Settings
-
-if TYPE_CHECKING:
-    pass
-
-
 from streams.portfolio.config import EMITTED_KEY
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from detectors.money import contract_amount, format_minor
 from detectors.portfolio import (
@@ -16,33 +16,9 @@ from detectors.portfolio import (
     Migration,
     iso_time,
 )
-
-if TYPE_CHECKING:
-    pass
-
-
-
-
-
+from streams.tables import render, share
 
 # -- terminal tables and CSV --------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]],
-           right: Iterable[int] = ()) -> list[str]:
-    body = [list(header), *[list(r) for r in rows]]
-    widths = [max(len(row[i]) for row in body) for i in range(len(header))]
-    aligned = set(right)
-    lines = []
-    for row in body:
-        cells = [cell.rjust(widths[i]) if i in aligned else cell.ljust(widths[i])
-                 for i, cell in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-    return lines
 
 
 def render_matrix(matrix: Migration, basis: str = "loans") -> list[str]:
@@ -56,10 +32,10 @@ def render_matrix(matrix: Migration, basis: str = "loans") -> list[str]:
     for row in matrix.rows:
         if matrix.opening_loans[row] == 0 and row == "new":
             continue
-        rows.append([row, *[_pct(matrix.rate(row, c, basis)) for c in matrix.columns],
+        rows.append([row, *[share(matrix.rate(row, c, basis)) for c in matrix.columns],
                      f"{matrix.opening_loans[row]:,}",
                      format_minor(matrix.opening_principal[row])])
-    lines.extend(_table(header, rows, right=range(1, len(header))))
+    lines.extend(render(header, rows, right=range(1, len(header))))
     return lines
 
 
@@ -100,10 +76,10 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
     rows = []
     for bucket, (loans, held) in stock.items():
         is_open = bucket in config.scheme.open_buckets
-        rows.append([bucket, f"{loans:,}", _pct(loans / total_loans) if is_open and total_loans
+        rows.append([bucket, f"{loans:,}", share(loans / total_loans) if is_open and total_loans
                      else "", format_minor(held),
-                     _pct(held / total_out) if is_open and total_out else ""])
-    lines.extend(_table(["bucket", "loans", "share", f"outstanding {currency}", "share"],
+                     share(held / total_out) if is_open and total_out else ""])
+    lines.extend(render(["bucket", "loans", "share", f"outstanding {currency}", "share"],
                         rows, right=(1, 2, 3, 4)))
     periods = book.periods(granularity)
     shown: list[str]
@@ -124,16 +100,16 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
         lines.append("")
         hhi = "-" if table.hhi is None else f"{table.hhi:.4f}"
         lines.append(f"Concentration by {dimension}: HHI {hhi} (known values)")
-        lines.extend(_table(
+        lines.extend(render(
             [dimension, "loans", f"outstanding {currency}", "share"],
-            ([v.value, f"{v.loans:,}", format_minor(v.outstanding_minor), _pct(v.share)]
+            ([v.value, f"{v.loans:,}", format_minor(v.outstanding_minor), share(v.share)]
              for v in table.top(top)), right=(1, 2, 3)))
     lines.append("")
     lines.append("Largest borrowers")
-    lines.extend(_table(
+    lines.extend(render(
         ["account", f"outstanding {currency}", "share"],
-        ([account, format_minor(held), _pct(share)]
-         for account, held, share in book.largest_borrowers(min(5, config.top_borrowers))),
+        ([account, format_minor(held), share(part)]
+         for account, held, part in book.largest_borrowers(min(5, config.top_borrowers))),
         right=(1, 2)))
     lines.append("")
     bad_days = config.vintage_delinquent_days
@@ -146,11 +122,11 @@ def render_book(book: Book, granularity: str = "monthly", period: str | None = N
         cells = []
         for months in config.months_on_book:
             cell = vintage.cells.get(months)
-            share = vintage.delinquent_share(months)
-            cells.append("-" if cell is None else _pct(share) + ("" if cell[4] else "*"))
+            delinquent = vintage.delinquent_share(months)
+            cells.append("-" if cell is None else share(delinquent) + ("" if cell[4] else "*"))
         vintage_rows.append([vintage.vintage, f"{vintage.loans:,}",
                              format_minor(vintage.principal_minor), *cells])
-    lines.extend(_table(header, vintage_rows, right=range(1, len(header))))
+    lines.extend(render(header, vintage_rows, right=range(1, len(header))))
     return "\n".join(lines)
 
 

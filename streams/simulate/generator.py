@@ -683,7 +683,6 @@ class TrafficGenerator(Iterator[dict[str, Any]]):
         return event
 
 
-
 def _checked_scenarios(
     scenarios: Sequence[str] | None, registry: Mapping[str, Scenario] = SCENARIOS
 ) -> tuple[str, ...]:

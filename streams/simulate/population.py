@@ -45,8 +45,6 @@ _HOUR: Final = 3_600.0
 _MONTH_DAYS: Final = 30
 
 
-
-
 def hourly_weight(hour_utc: int) -> float:
     """Relative event rate at this UTC hour (mean 1 over a day)."""
     return UTC_HOURLY_WEIGHTS[hour_utc % 24]
