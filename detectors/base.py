@@ -41,7 +41,24 @@ SEVERITIES = ("low", "medium", "high", "critical")
 
 
 class _Parametrised:
-    """Parameters are the constructor arguments, stored under the same names."""
+    """Parameters are the constructor arguments, stored under the same names.
+
+    Also what both kinds of detector share: the gauges a keyed detector may
+    export (none by default).
+    """
+
+    #: Per-account quantities the worker sums over the accounts it holds and exports
+    #: as gauges (money held on the platform, say); ``streams/metrics.py`` names the
+    #: series. Empty for most detectors, and for every whole-stream one.
+    gauge_names: ClassVar[tuple[str, ...]] = ()
+
+    def gauges(self, state: Any) -> tuple[int, ...]:
+        """This account's part of each gauge of :attr:`gauge_names`, in that order.
+
+        Integers, so that the worker's running sums stay exact; ``state`` is
+        the account's state of this detector, ``None`` for an account not seen.
+        """
+        return ()
 
     def _get_params(self) -> dict[str, Any]:
         signature = inspect.signature(type(self).__init__)
@@ -104,10 +121,6 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
     keeps_ledger: ClassVar[bool] = False
     #: The largest score, when scores are bounded (see :attr:`Detector.max_score`).
     max_score: ClassVar[float | None] = None
-    #: Per-account quantities the worker sums over the accounts it holds and exports
-    #: as gauges (money held on the platform, say); ``streams/metrics.py`` names the
-    #: series. Empty for most detectors.
-    gauge_names: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def new_state(self) -> S:
@@ -134,14 +147,6 @@ class KeyedDetector(_Parametrised, ABC, Generic[S]):
 
     def restore(self, snapshot: Any) -> None:  # empty on purpose: no state beyond the accounts
         """Put back what :meth:`snapshot` returned."""
-
-    def gauges(self, state: S | None) -> tuple[int, ...]:
-        """This account's part of each gauge of :attr:`gauge_names`, in that order.
-
-        Integers, so that the worker's running sums stay exact; ``state`` is
-        ``None`` for an account the detector has not seen.
-        """
-        return ()
 
     def anchor_one(self, x: Features, state: S) -> tuple[str | None, tuple[str, ...]] | None:
         """What a finding is about when that is not the event at hand; ``None``: the event.

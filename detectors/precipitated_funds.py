@@ -151,6 +151,10 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
         self.max_dwell_seconds = max_dwell_seconds
         self.learnt_quantile = learnt_quantile
         self.min_population = min_population
+        # configured limits are fixed once built: the gauges read this on every event
+        self._smallest_limit = min(
+            (limits["balance_limit"] for limits in self._money.configured.values()
+             if "balance_limit" in limits), default=2**63 - 1)
 
     def balance_limit_for(self, currency: str) -> int | None:
         """The balance limit in ``currency`` (minor units), ``None`` while it is not known."""
@@ -163,9 +167,7 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
         Prefer :meth:`balance_limit_for`: limits are per currency. Without any
         configured limit this is the largest int64, so nothing counts as above it.
         """
-        configured = [limits["balance_limit"] for limits in self._money.configured.values()
-                      if "balance_limit" in limits]
-        return min(configured, default=2**63 - 1)
+        return self._smallest_limit
 
     def new_state(self) -> list[int]:
         return [0, NOT_ABOVE, 0, 0, 0, 0]
@@ -178,7 +180,7 @@ class PrecipitatedFunds(KeyedDetector[list[int]]):
         ((250, 1), (0, 0))
         """
         balance = balance_minor(state)
-        return balance, int(balance > self.balance_limit_minor)
+        return balance, int(balance > self._smallest_limit)
 
     def _held(self, x: Features, state: list[int]) -> int | None:
         """Seconds the balance has been above the limit at this event, if it is past due."""

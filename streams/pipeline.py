@@ -69,7 +69,7 @@ class PartitionModels:
         alerters = [a.clone(detector=a.detector.clone()) if a.has_global_state else a
                     for a in templates]
         #: ``(alerter, name, the detector's gauge names, holds global state)``
-        self.plan = [(a, a.name, getattr(a.detector, "gauge_names", ()), a.has_global_state)
+        self.plan = [(a, a.name, a.detector.gauge_names, a.has_global_state)
                      for a in alerters]
         self.globals = [a for a in alerters if a.has_global_state]
         #: last input offset whose event the models learnt (``None``: none, or offline)
@@ -282,10 +282,10 @@ class Monitor:
                     detectors[name] = kept
                 continue
             if gauged:
-                parts_before = alerter.detector.gauges(before)  # type: ignore[union-attr]
+                parts_before = alerter.detector.gauges(before)
             finding, new_state = alerter.process_one(x, before)
             if gauged:
-                parts_after = alerter.detector.gauges(new_state)  # type: ignore[union-attr]
+                parts_after = alerter.detector.gauges(new_state)
                 if parts_after != parts_before:
                     sensor.on_gauges(name, {g: a - b for g, a, b in zip(
                         gauged, parts_after, parts_before, strict=True)})
@@ -319,18 +319,16 @@ class Monitor:
 
 def gauge_totals(alerters: Iterable[ThresholdAlerter],
                  states: Iterable[AccountState]) -> dict[str, dict[str, int]]:
-    """Each gauged detector's gauges (``KeyedDetector.gauge_names``) summed over ``states``.
+    """Each gauged detector's gauges (``gauge_names``, detectors/base.py) summed over ``states``.
 
     What a worker exports after recovering its accounts; while it runs, the
     same sums move by each event's deltas (``Sensor.on_gauges``).
     """
-    gauged = [(a, names) for a in alerters
-              if (names := getattr(a.detector, "gauge_names", ()))]
+    gauged = [(a, a.detector.gauge_names) for a in alerters if a.detector.gauge_names]
     totals = {a.name: [0] * len(names) for a, names in gauged}
     for state in states:
         for alerter, _ in gauged:
-            parts = alerter.detector.gauges(  # type: ignore[union-attr]
-                state.detectors.get(alerter.name))
+            parts = alerter.detector.gauges(state.detectors.get(alerter.name))
             sums = totals[alerter.name]
             for i, part in enumerate(parts):
                 sums[i] += part

@@ -42,7 +42,7 @@ class Sensor:
         """The worker finished recovering state after an assignment."""
 
     def on_gauges(self, detector: str, deltas: Mapping[str, int]) -> None:
-        """An account's part of a detector's gauges changed (``KeyedDetector.gauges``)."""
+        """An account's part of a detector's gauges changed (``gauges``, detectors/base.py)."""
 
     def on_gauge_totals(self, detector: str, totals: Mapping[str, int]) -> None:
         """A detector's gauges recounted over this worker's accounts (after a recovery)."""
