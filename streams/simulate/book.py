@@ -23,9 +23,8 @@ from streams.simulate.publishing import (
     Progress,
     SimulationReport,
     _positive,
-    _Publisher,
+    _publishing,
     encode,
-    ensure_topics,
     kafka_producer,
     message_key,
 )
@@ -337,14 +336,10 @@ async def simulate_lending_book(
     _positive("rate", rate)
     events = lending_book(seed, borrowers=borrowers, months=months,
                           start=start or DEFAULT_START)
-    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
-    producer = producer_factory(settings)
-    await producer.start()
     by_type: Counter[str] = Counter()
-    try:
-        publisher = _Publisher(
-            producer, rate=rate, acceleration=None, progress=progress, name="lending book"
-        )
+    async with _publishing(settings, producer_factory, create_topics, rate=rate,
+                           acceleration=None, progress=progress,
+                           name="lending book") as (publisher, created):
         for event in events:
             await publisher.send(settings.lending_topic, message_key(event["account_id"]),
                                  encode(event))
@@ -353,8 +348,6 @@ async def simulate_lending_book(
                 publisher.report(f"event time {event['occurred_at']}")
         await publisher.finish()
         publisher.report(f"{len(events):,} events")
-    finally:
-        await producer.stop()
     times = sorted(event["occurred_at"] for event in events)
     return SimulationReport(
         sent=publisher.sent,

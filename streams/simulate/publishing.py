@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -229,6 +229,26 @@ class _Publisher:
         return self.loop.time() - self.started
 
 
+@contextlib.asynccontextmanager
+async def _publishing(
+    settings: Settings, producer_factory: ProducerFactory, create_topics: bool, *,
+    rate: float | None, acceleration: float | None, progress: Progress | None, name: str,
+) -> AsyncIterator[tuple[_Publisher, list[str]]]:
+    """A publisher on a started producer, stopped on the way out, and the topics created.
+
+    The input topics are created first when ``create_topics`` (``simulate``,
+    ``replay`` and the lending book all publish to them).
+    """
+    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
+    producer = producer_factory(settings)
+    await producer.start()
+    try:
+        yield _Publisher(producer, rate=rate, acceleration=acceleration, progress=progress,
+                         name=name), created
+    finally:
+        await producer.stop()
+
+
 @dataclass(frozen=True, slots=True)
 class SimulationReport:
     """What :func:`simulate` sent.
@@ -381,17 +401,13 @@ async def simulate(
         variant, seed, accounts=accounts, start=start or DEFAULT_START, scenarios=scenarios,
         events=events, incident_every=incident_every,
     )  # fmt: skip
-    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
-    producer = producer_factory(settings)
-    await producer.start()
     by_type: Counter[str] = Counter()
     labelled = 0
     first_at: str | None = None
     last_at: str | None = None
-    try:
-        publisher = _Publisher(
-            producer, rate=rate, acceleration=acceleration, progress=progress, name="simulate"
-        )
+    async with _publishing(settings, producer_factory, create_topics, rate=rate,
+                           acceleration=acceleration, progress=progress,
+                           name="simulate") as (publisher, created):
         deadline = None if duration is None else publisher.started + duration
         with contextlib.ExitStack() as stack:
             labels: IO[bytes] | None = (
@@ -433,8 +449,6 @@ async def simulate(
                 await send(event)
         await publisher.finish()
         publisher.report(_simulation_detail(traffic, last_at))
-    finally:
-        await producer.stop()
     return SimulationReport(
         sent=publisher.sent,
         delivered=publisher.delivered,
@@ -524,15 +538,11 @@ async def replay(
         As for :func:`simulate`.
     """
     _positive("rate", rate)
-    created = await ensure_topics(settings, settings.input_topics) if create_topics else []
-    producer = producer_factory(settings)
-    await producer.start()
     kinds: Counter[str] = Counter()
     lines = 0
-    try:
-        publisher = _Publisher(
-            producer, rate=rate, acceleration=None, progress=progress, name="replay"
-        )
+    async with _publishing(settings, producer_factory, create_topics, rate=rate,
+                           acceleration=None, progress=progress,
+                           name="replay") as (publisher, created):
         with Path(path).open("rb") as source:
             for line in source:
                 lines += 1
@@ -547,8 +557,6 @@ async def replay(
                     publisher.report(f"{kinds['unparseable']:,} unparseable")
         await publisher.finish()
         publisher.report(f"{kinds['unparseable']:,} unparseable")
-    finally:
-        await producer.stop()
     return ReplayReport(
         lines=lines,
         sent=publisher.sent,
