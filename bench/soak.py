@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams.broker import LocalKafka, create_topics
+from streams.localkafka import LocalKafka, create_topics
 from tests.support import faults
 from tests.support.worker import WorkerProcess, worker_env
 

@@ -1654,7 +1654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 broker = external
                 progress(f"broker: {broker} ({TEST_BROKER_ENV})")
             else:
-                from streams.broker import LocalKafka
+                from streams.localkafka import LocalKafka
 
                 kafka = stack.enter_context(LocalKafka(heap="1g", progress=progress))
                 broker = kafka.bootstrap

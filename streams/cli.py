@@ -286,7 +286,7 @@ def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 
 # -- broker ---------------------------------------------------------------------------
 def run_broker(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.broker import run_broker_cli
+    from streams.localkafka import run_broker_cli
 
     return run_broker_cli(args.data_dir, args.port)
 

@@ -403,7 +403,7 @@ class DemoWatch:
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Broker, worker and simulator on this machine; the operator's view of their alerts."""
-    from streams.broker import BrokerError, LocalKafka, create_topics
+    from streams.localkafka import BrokerError, LocalKafka, create_topics
 
     data_dir = settings.data_dir.resolve() / "demo"
     prepare_data_dir(data_dir, args.resume)

@@ -7,7 +7,7 @@ collection stops with a usage error otherwise, so ``-m "not integration"``
 always means "no broker".
 
 ``TXWATCH_TEST_BROKER=host:port`` points the suite at a broker you run
-yourself instead of the one :class:`streams.broker.LocalKafka` starts.
+yourself instead of the one :class:`streams.localkafka.LocalKafka` starts.
 
 The tests run in development mode (``TXWATCH_DEV_MODE=1``): the public
 development PII key and the demo configuration, whose blacklist lists the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalKafka
+from streams.localkafka import LocalKafka
 
 os.environ["TXWATCH_DEV_MODE"] = "1"
 

@@ -70,7 +70,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     """``txwatch evaluate [--events N] [--seed S] [--history FILE [--labels FILE]] [--json]``."""
-    from streams.broker import LocalKafka
+    from streams.localkafka import LocalKafka
 
     history: Path | None = getattr(args, "history", None)
     labels_path: Path | None = getattr(args, "labels", None)

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.broker import BrokerStartError, LocalKafka, create_topics
+from streams.localkafka import BrokerStartError, LocalKafka, create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.broker import create_topics
 from streams.events import EVENT_TYPES
+from streams.localkafka import create_topics
 from tests.support import faults
 from tests.support.worker import WorkerProcess, wait_for, worker_env
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from streams.broker import create_topics
 from streams.codec import Decoder, dead_letter_record
 from streams.events import DeadLetter
+from streams.localkafka import create_topics
 from tests.support.worker import produce, worker_env
 
 pytestmark = pytest.mark.integration

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from streams.broker import LocalKafka, create_topics
+from streams.localkafka import LocalKafka, create_topics
 from streams.stages import STAGES, stage_topic
 from tests.support import faults
 from tests.support.faults import Chaos, check_run, labelled_messages, publish, rss_bytes

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.broker import create_topics
 from streams.feedback import DEFAULT_MIN_FEEDBACK, publish_feedback
+from streams.localkafka import create_topics
 from streams.settings import Settings
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 

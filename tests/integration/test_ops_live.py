@@ -41,7 +41,7 @@ from urllib.parse import urlencode
 import pytest
 
 from detectors.registry import DEFAULT_CONFIG
-from streams.broker import create_topics
+from streams.localkafka import create_topics
 from tests.support.prom import (
     AlertmanagerServer,
     PrometheusServer,

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 import streams.app
-from streams.broker import create_topics
+from streams.localkafka import create_topics
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 from tests.unit.test_portfolio import BOOK, wire
 

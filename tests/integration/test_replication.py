@@ -1,7 +1,7 @@
 """Replicated topics on a three-broker KRaft cluster: one broker stops mid-stream, nothing is lost.
 
-The cluster is three :class:`streams.broker.LocalKafka` nodes on 127.0.0.1
-(:class:`streams.broker.LocalKafkaCluster`). The worker is told nothing about
+The cluster is three :class:`streams.localkafka.LocalKafka` nodes on 127.0.0.1
+(:class:`streams.localkafka.LocalKafkaCluster`). The worker is told nothing about
 replication: ``TXWATCH_REPLICATION_FACTOR`` is unset, so every topic it and
 Faust create gets one replica per broker (3) and ``min.insync.replicas`` 2.
 The broker that leads the most partitions is stopped while the worker is
@@ -23,7 +23,7 @@ import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams import clients
-from streams.broker import LocalKafkaCluster
+from streams.localkafka import LocalKafkaCluster
 from streams.settings import Settings
 from tests.support import faults
 from tests.support.faults import check_run, labelled_messages, publish

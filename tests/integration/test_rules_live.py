@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from detectors.registry import DEFAULT_CONFIG
-from streams.broker import create_topics
+from streams.localkafka import create_topics
 from streams.rules import CONFIG_KEY, publish_config
 from streams.settings import Settings
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env

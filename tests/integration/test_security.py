@@ -33,8 +33,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from detectors.registry import DEFAULT_CONFIG
-from streams.broker import LocalKafka, SecureListener, create_topics
 from streams.events import PII_FIELDS
+from streams.localkafka import LocalKafka, SecureListener, create_topics
 from streams.simulate import generate, topic_for
 from tests.support import faults
 from tests.support.tls import TestPki, make_test_pki, sasl_ssl_client

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.broker import create_topics
+from streams.localkafka import create_topics
 from streams.rules import demo_config
 from tests.support.worker import WorkerProcess, consume_until, produce, wait_for, worker_env
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.broker import SecureListener
+from streams.localkafka import SecureListener
 
 VALIDITY_DAYS = 2
 

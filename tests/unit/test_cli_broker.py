@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import DEFAULT_CLIENT_PORT, HOST, broker_banner, cli_client_port
+from streams.localkafka import DEFAULT_CLIENT_PORT, HOST, broker_banner, cli_client_port
 
 
 @pytest.fixture
