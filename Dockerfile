@@ -14,6 +14,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY streams ./streams
 COPY detectors ./detectors
+# package data of streams.localkafka (pyproject.toml, [tool.setuptools.package-dir])
+COPY deploy/kafka ./deploy/kafka
 RUN pip install . \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/txwatch txwatch
 
