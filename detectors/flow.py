@@ -24,6 +24,9 @@ Features
 ``cycle_length``            accounts in the shortest ring this record completes; 0 if none
 ``cycle_amount_minor``      amount of the ring's closing transfer (0 if unknown or no ring)
 ``cycle_span_seconds``      event time from the ring's first to its last transfer (0 if none)
+``cycle_origins``           accounts whose money had reached *v* through new relationships
+                            within the window by the ring's last transfer (at most *K*; 0 if
+                            no ring): where many do, rings close by chance
 ``fan_in_senders``          distinct senders of *v* in the densest ``fan_in_seconds`` window
                             around this transfer, this one included (at most *K*)
 ``fan_in_span_seconds``     first to last of those senders' transfers
@@ -421,6 +424,8 @@ class FlowSketch:
         if not novel:  # a repeat payment: it counts nowhere
             return features
         self._add_origins(carried, sender, ts, amount)
+        if ring is not None:
+            features["cycle_origins"] = self._origins_by(ring[2])
         features.update(self._fan_in(sender))
         features.update(self._scatter_gather(ts, stable_hash(sender)))
         features.update(self._hub(ts, sender=sender))
@@ -468,7 +473,8 @@ class FlowSketch:
             reported = length
             features.update(cycle_length=length, cycle_amount_minor=amount,
                             cycle_span_seconds=last - first, cycle_low_minor=lo,
-                            cycle_high_minor=hi, cycle_key=ring_key(length, first, last, lo, hi))
+                            cycle_high_minor=hi, cycle_origins=self._origins_by(last),
+                            cycle_key=ring_key(length, first, last, lo, hi))
         if kind == "back":
             features.update(self._hub(ts, receiver=receiver))
             features["gather_scatter_new"] = new_receiver
@@ -744,6 +750,14 @@ class FlowSketch:
         self._evict(dests)
         return [key for key in changed if key in dests]
 
+    def _origins_by(self, ts: int) -> int:
+        """Accounts whose money had reached this one by ``ts`` (at most ``max_entries``).
+
+        Paths that began after ``ts`` do not count, so a transfer arriving
+        early does not change what an earlier ring is judged by.
+        """
+        return sum(1 for entry in self.origins.values() if entry[_FIRST] <= ts)
+
     def _recent_senders(self) -> int:
         """Senders whose transfers extended paths within the window."""
         oldest = self.latest_ts - self.params.window_seconds
@@ -893,6 +907,7 @@ class FlowSketch:
             "cycle_span_seconds": 0,
             "cycle_low_minor": 0,
             "cycle_high_minor": 0,
+            "cycle_origins": 0,
             "fan_in_senders": 0,
             "fan_in_span_seconds": 0,
             "fan_in_seconds": self.params.fan_in_seconds,
@@ -1186,13 +1201,23 @@ def _account(x: Features) -> str:
 class Cycle(Detector):
     """Funds that come back to where they started through a ring of accounts.
 
-    Scores 1.0 when the features report a ring (``cycle_length``) of
-    ``min_ring`` to ``max_ring`` accounts whose transfers span at most
-    ``max_span_seconds`` of event time, 0.0 otherwise. A ring of 2 is a
-    transfer paid back, ordinary between people, hence the default minimum 3.
-    The flow stage sizes its sketches from these parameters
-    (``streams.stages.flow_params``): ``max_ring`` sets the longest path kept
-    and ``max_span_seconds`` the window within which a ring must close.
+    A ring (``cycle_length``) of ``min_ring`` to ``max_ring`` accounts whose
+    transfers span at most ``max_span_seconds`` of event time scores; any
+    other record scores 0.0. A ring of 2 is a transfer paid back, ordinary
+    between people, hence the default minimum 3. The flow stage sizes its
+    sketches from these parameters (``streams.stages.flow_params``):
+    ``max_ring`` sets the longest path kept and ``max_span_seconds`` the
+    window within which a ring must close.
+
+    How much a ring says depends on how much money converges where it
+    closes. Where the money of many accounts reaches the reporting account
+    through new relationships (``cycle_origins``), some of it comes back by
+    chance: in a densely connected population rings close on a tenth of all
+    new transfers. A ring scores ``(max_origins + 1) / (cycle_origins + 1)``,
+    so 1.0 or more means at most ``max_origins`` such accounts, and a higher
+    threshold (``txwatch calibrate`` raises it) asks for fewer;
+    ``max_origins=None`` scores every ring 1.0. A record without the feature
+    (from a worker that did not compute it) scores 1.0.
 
     Parameters
     ----------
@@ -1202,16 +1227,25 @@ class Cycle(Detector):
         Most accounts in a ring that scores.
     max_span_seconds
         Longest event time from the ring's first transfer to its last.
+    max_origins
+        Most accounts whose money reached the ring's reporting account for
+        the ring to score 1.0; ``None`` for no limit. Above the flow sketch's
+        ``max_entries`` (64) it never applies: the sketch counts no further.
 
     Examples
     --------
     >>> detector = Cycle(min_ring=3, max_ring=8, max_span_seconds=7 * 86_400)
     >>> x = {"account_id": "acct-17", "counterparty_id": "acct-42", "amount_minor": 1_200_000,
-    ...      "cycle_length": 4, "cycle_amount_minor": 1_200_000, "cycle_span_seconds": 266_400}
+    ...      "cycle_length": 4, "cycle_amount_minor": 1_200_000, "cycle_span_seconds": 266_400,
+    ...      "cycle_origins": 3}
     >>> detector.score_one(x)
-    1.0
-    >>> print(*detector.explain_one(x, 1.0))
+    4.25
+    >>> for reason in detector.explain_one(x, detector.score_one(x)):
+    ...     print(reason)
     funds returned to acct-17 through a ring of 4 accounts within 3 d 2 h (12,000.00 on the closing transfer)
+    money from 3 accounts had reached acct-17 in the window (a ring scores 1.0 at 16)
+    >>> detector.score_one({**x, "cycle_origins": 40})
+    0.4146341463414634
     >>> detector.score_one({**x, "cycle_length": 2})
     0.0
     """  # noqa: E501 - a doctest's expected output is one line
@@ -1220,10 +1254,12 @@ class Cycle(Detector):
     stage: ClassVar[str] = "flow"
 
     def __init__(self, min_ring: int = 3, max_ring: int = 10,
-                 max_span_seconds: int = 28 * 86_400) -> None:
+                 max_span_seconds: int = 28 * 86_400, max_origins: int | None = 16) -> None:
         positive_int("min_ring", min_ring)
         positive_int("max_ring", max_ring)
         positive_int("max_span_seconds", max_span_seconds)
+        if max_origins is not None:
+            positive_int("max_origins", max_origins)
         if min_ring < 2:
             message = f"min_ring must be at least 2 accounts, not {min_ring!r}"
             raise ValueError(message)
@@ -1236,12 +1272,18 @@ class Cycle(Detector):
         self.min_ring = min_ring
         self.max_ring = max_ring
         self.max_span_seconds = max_span_seconds
+        self.max_origins = max_origins
 
     def score_one(self, x: Features) -> float:
         length = _count(x, "cycle_length")
         if not self.min_ring <= length <= self.max_ring:
             return 0.0
-        return 1.0 if _count(x, "cycle_span_seconds") <= self.max_span_seconds else 0.0
+        if _count(x, "cycle_span_seconds") > self.max_span_seconds:
+            return 0.0
+        origins = x.get("cycle_origins")
+        if self.max_origins is None or origins is None:
+            return 1.0
+        return (self.max_origins + 1) / (_count(x, "cycle_origins") + 1)
 
     def explain_one(self, x: Features, score: float) -> list[str]:
         length = _count(x, "cycle_length")
@@ -1261,6 +1303,11 @@ class Cycle(Detector):
         if low and high:
             reasons.append(f"every transfer of the ring between {format_minor(low)}"
                            f" and {format_minor(high)}")
+        if self.max_origins is not None and x.get("cycle_origins") is not None:
+            origins = _count(x, "cycle_origins")
+            accounts = "1 account" if origins == 1 else f"{origins} accounts"
+            reasons.append(f"money from {accounts} had reached {_account(x)} in the window"
+                           f" (a ring scores 1.0 at {self.max_origins})")
         return reasons
 
 

@@ -4,7 +4,7 @@ A configuration is a JSON-compatible mapping (the worker reads it from the file
 named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
 
     {
-      "version": "defaults-5",
+      "version": "defaults-6",
       "detectors": {
         "<detector name>": {
           "params": {...},              # constructor arguments; defaults when left out
@@ -111,7 +111,7 @@ STAGE_DETECTORS: Final[Mapping[str, type[Detector]]] = {
 #: The packaged configuration. Treat it as read-only: :func:`build_alerters`
 #: copies what it uses, and ``copy.deepcopy`` gives a version to edit.
 DEFAULT_CONFIG: Final[dict[str, Any]] = {
-    "version": "defaults-5",
+    "version": "defaults-6",
     "detectors": {
         "velocity": {
             # Sums are money, so they are per currency: 50,000.00 CNY a minute, 100,000.00
@@ -289,7 +289,8 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
         # -- derived stages (streams/stages.py) -------------------------------------------
         # Rings of 3 to 10 accounts closed within 4 weeks; horizons up to 90 days
         # (streams.stages.flow_params sizes the flow sketch from these).
-        "cycle": {"params": {"min_ring": 3, "max_ring": 10, "max_span_seconds": 2_419_200},
+        "cycle": {"params": {"min_ring": 3, "max_ring": 10, "max_span_seconds": 2_419_200,
+                             "max_origins": 16},
                   "threshold": 1.0, "severity": "high"},
         "scatter_gather": {"params": {"min_vias": 3, "window_seconds": 259_200},
                            "threshold": 1.0, "severity": "high"},

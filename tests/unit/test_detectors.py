@@ -483,7 +483,7 @@ def test_default_config_builds_every_account_detector_as_documented() -> None:
         ("borrow_and_vanish", 0.8, None, "high", None, True),
         ("spending_burst", 5.0, None, "high", None, False),
     ]
-    assert DEFAULT_CONFIG["version"] == "defaults-5"
+    assert DEFAULT_CONFIG["version"] == "defaults-6"
 
 
 def test_default_config_survives_json_and_is_not_changed_by_building() -> None:
