@@ -98,6 +98,19 @@ class PopulationQuantiles:
         """Values counted for ``(currency, measure)``."""
         return self._counts.get(currency, {}).get(measure, 0)
 
+    def share_at_least(self, currency: str, measure: str, value: int) -> float:
+        """Share of the values counted in ``value``'s bucket or above (0.0 before any value).
+
+        Integers up to 11 each have a bucket of their own, so for the small
+        counts a count limit compares with this is the exact share at or above.
+        """
+        buckets = self._buckets.get(currency, {}).get(measure)
+        if not buckets or value <= 0:
+            return 0.0
+        lowest = _bucket(value)
+        above = sum(n for bucket, n in buckets.items() if bucket >= lowest)
+        return above / self._counts[currency][measure]
+
     def quantile(self, currency: str, measure: str, q: float) -> int | None:
         """The ``q`` quantile rounded up to its bucket's upper edge; ``None`` before any value."""
         buckets = self._buckets.get(currency, {}).get(measure)

@@ -20,6 +20,11 @@ COUNT_QUANTILE: Final = 0.9999
 #: Outgoing events seen before a count limit may be raised: bursts are rare in a
 #: large population, not necessarily in a small one.
 COUNT_MIN_POPULATION: Final = 10_000
+#: Share of outgoing events at or above a configured count limit that makes the
+#: limit ordinary in the population, and raises it before :data:`COUNT_MIN_POPULATION`.
+ORDINARY_SHARE: Final = 0.02
+#: Outgoing events seen before a count limit can be found ordinary.
+ORDINARY_MIN_POPULATION: Final = 1_000
 #: The money limits, per currency (``currency_limits``): one per window.
 SUM_LIMITS: Final = tuple(f"sum_{window}" for window in WINDOWS)
 #: The worker counts distinct counterparties exactly up to this many, then stops.
@@ -37,7 +42,12 @@ class VelocityLimits(Detector):
     for every currency; where the population the worker sees is busier (every
     event of an hour stamped with one time, a merchant hub), each is raised to
     the :data:`COUNT_QUANTILE` of that count over all outgoing events once
-    :data:`COUNT_MIN_POPULATION` have been seen, never lowered. Sum limits are money, so they are per currency
+    :data:`COUNT_MIN_POPULATION` have been seen, never lowered. Sooner where the
+    limit is plainly ordinary: once :data:`ORDINARY_MIN_POPULATION` outgoing
+    events have been seen and at least :data:`ORDINARY_SHARE` of them reached
+    the configured limit, a burst limit it is not, and it is raised the same
+    way (a burst of 12 payments adds the counts 1 to 12, so bursts alone,
+    a few in a thousand accounts, stay under that share). Sum limits are money, so they are per currency
     (``currency_limits``, names ``sum_1m``, ``sum_1h``, ``sum_24h``); in a
     currency without a configured sum limit, the limit is the
     ``learnt_quantile`` of the window sums seen in that currency, once
@@ -129,11 +139,34 @@ class VelocityLimits(Detector):
             [feature for feature, _, _, _ in self._checks], {}, COUNT_QUANTILE,
             COUNT_MIN_POPULATION,
         )
+        # feature -> (population seen, limit) of a count limit found ordinary early
+        self._ordinary: dict[str, tuple[int, int]] = {}
 
     def _count_limit(self, feature: str, configured: int) -> int:
         """A configured count limit, raised to the population's quantile where that is higher."""
         learnt = self._busy.limit(ALL_CURRENCIES, feature)
+        if learnt is None and feature in self._ordinary:
+            learnt = self._ordinary[feature][1]
         return configured if learnt is None else max(configured, learnt)
+
+    def _find_ordinary(self, feature: str, configured: int) -> None:
+        """Raise ``feature``'s limit early when ``configured`` is ordinary in the population."""
+        population = self._busy.population
+        seen = population.count(ALL_CURRENCIES, feature)
+        if not ORDINARY_MIN_POPULATION <= seen < COUNT_MIN_POPULATION:
+            return
+        cached = self._ordinary.get(feature)
+        if cached is not None and seen - cached[0] < 64:
+            return  # recomputed every 64 values, like the learnt limits
+        if population.share_at_least(ALL_CURRENCIES, feature, configured) < ORDINARY_SHARE:
+            if cached is None:
+                return
+            limit = cached[1]  # never lowered
+        else:
+            limit = population.quantile(ALL_CURRENCIES, feature, COUNT_QUANTILE) or configured
+            if cached is not None:
+                limit = max(limit, cached[1])
+        self._ordinary[feature] = (seen, limit)
 
     def _sums(self, x: Features) -> list[tuple[str, int, int]]:
         """(window, observed sum, limit) of every sum limit that applies to ``x``."""
@@ -175,10 +208,11 @@ class VelocityLimits(Detector):
             observed = x.get(f"sum_{window}")
             if observed and (x.get(f"count_{window}") or 0) >= 2:
                 self._money.observe(currency, f"sum_{window}", observed)
-        for feature, _, _, _ in self._checks:
+        for feature, configured, _, _ in self._checks:
             observed = x.get(feature)
             if observed:
                 self._busy.observe(ALL_CURRENCIES, feature, observed)
+                self._find_ordinary(feature, configured)
 
     def explain_one(self, x: Features, score: float) -> list[str]:
         amount = x.get("amount_minor") or 0
@@ -214,12 +248,16 @@ class VelocityLimits(Detector):
         return ["no configured window in the features (0 limits judged)"]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"sums": self._money.snapshot(), "counts": self._busy.snapshot()}
+        return {"sums": self._money.snapshot(), "counts": self._busy.snapshot(),
+                "ordinary": [[feature, seen, limit]
+                             for feature, (seen, limit) in sorted(self._ordinary.items())]}
 
     def restore(self, snapshot: Any) -> None:
         snapshot = snapshot or {}
         self._money.restore(snapshot.get("sums"))
         self._busy.restore(snapshot.get("counts"))
+        self._ordinary = {str(feature): (int(seen), int(limit))
+                          for feature, seen, limit in snapshot.get("ordinary", ())}
 
 
 def _validated_checks(limits: Any) -> tuple[tuple[str, int, str, str], ...]:

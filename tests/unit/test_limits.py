@@ -14,7 +14,7 @@ from detectors.limits import MoneyLimits, PopulationQuantiles
 from detectors.precipitated_funds import PrecipitatedFunds
 from detectors.rapid_pass_through import RapidPassThrough
 from detectors.structuring import Structuring
-from detectors.velocity import COUNT_MIN_POPULATION, VelocityLimits
+from detectors.velocity import COUNT_MIN_POPULATION, ORDINARY_MIN_POPULATION, VelocityLimits
 
 T0 = 1_709_510_400
 
@@ -101,12 +101,38 @@ def test_velocity_count_limits_are_raised_only_on_a_large_busy_population() -> N
     detector = VelocityLimits({"1m": {"count": 5}})
     busy = {"event_type": "payment", "amount_minor": 100, "is_outflow": True, "count_1m": 6}
     assert detector.score_one(busy) == 1.2
-    for _ in range(COUNT_MIN_POPULATION - 1):
-        detector.learn_one({**busy, "count_1m": 8})
+    # 1% of the outflows reach the limit: bursts, so the configured limit holds ...
+    for i in range(COUNT_MIN_POPULATION - 1):
+        detector.learn_one({**busy, "count_1m": 8 if i % 100 == 0 else 1})
     assert detector.score_one(busy) == 1.2  # one short of the population needed
+    # ... until the population is large enough to say how rare 8 is
     detector.learn_one({**busy, "count_1m": 8})
     assert detector.score_one(busy) < 1.0
     assert detector.score_one({**busy, "count_1m": 3}) == pytest.approx(3 / 9)  # the edge of 8
+
+
+def test_a_count_limit_that_the_population_reaches_every_day_is_raised_early() -> None:
+    # Every event of an hour stamped with one time: 5 payees "in a minute" is ordinary
+    # (3% of the outflows here), not a burst, and the limit is raised after 1,000 outflows.
+    detector = VelocityLimits({"1m": {"distinct_cp": 5}})
+    payment = {"event_type": "payment", "amount_minor": 100, "is_outflow": True}
+    rng = random.Random(5)
+    ordinary = [1] * 80 + [2] * 10 + [3] * 4 + [4] * 3 + [5] * 2 + [6]
+    for _ in range(ORDINARY_MIN_POPULATION - 1):
+        detector.learn_one({**payment, "distinct_cp_1m": rng.choice(ordinary)})
+    assert detector.score_one({**payment, "distinct_cp_1m": 5}) == 1.0  # not yet
+    detector.learn_one({**payment, "distinct_cp_1m": 1})
+    raised = detector.score_one({**payment, "distinct_cp_1m": 5})
+    assert raised < 1.0
+    # a burst far above what the population does still alerts, and says why
+    burst = {**payment, "distinct_cp_1m": 20}
+    assert detector.score_one(burst) >= 1.0
+    (reason,) = detector.explain_one(burst, detector.score_one(burst))
+    assert "quantile of 1,000 values learnt in all currencies; configured 5" in reason
+    # the raised limit is part of the snapshot: a restored worker decides alike
+    restored = detector.clone()
+    restored.restore(orjson.loads(orjson.dumps(detector.snapshot())))
+    assert restored.score_one({**payment, "distinct_cp_1m": 5}) == raised
 
 
 def test_velocity_learns_from_flagged_events_so_its_limits_do_not_sink() -> None:
