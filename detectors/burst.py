@@ -41,7 +41,9 @@ class SpendingBurst(KeyedDetector[list[Any]]):
 
     ``max(0, z - 1)``, times ``novelty_weight`` for a counterparty the account
     never paid (1 for a known one), plus ``pace_weight`` when it follows the
-    previous outflow at least ten times faster than usual, plus
+    previous outflow at least ten times faster than usual (at a later time:
+    outflows stamped alike say nothing of pace, since clocks of an hour or a
+    day stamp whole sequences with one time), plus
     ``drain_weight`` when it takes at least ``drain_fraction`` of the
     balance the detector has seen come in (top-ups, refunds ... minus what
     went out since).
@@ -210,7 +212,7 @@ class SpendingBurst(KeyedDetector[list[Any]]):
         evidence = (z - 1.0) * (self.novelty_weight if novel else 1.0) if above else 0.0
         gap = ts - state[_LAST_TS] if state[_LAST_TS] != _NEVER else None
         fast = (
-            above and own and gap is not None and gap >= 0 and state[_N] >= 2
+            above and own and gap is not None and gap > 0 and state[_N] >= 2
             and math.log1p(gap) + math.log(10.0) <= state[_GAP]
         )
         if fast:

@@ -119,3 +119,21 @@ def test_amount_outlier_halves_the_score_of_an_amount_to_a_known_payee() -> None
     assert "paid most recently" in detector.explain_one(
         landlord, state, detector.score_one(landlord, state))[-1]
     assert detector.score_one(landlord, state[:4]) == detector.score_one(stranger, state)
+
+
+def test_outflows_stamped_with_the_same_time_say_nothing_about_pace() -> None:
+    # A clock of an hour (or a day) stamps a whole sequence alike: a gap of 0 s is not
+    # ten times faster than anything. A gap the clock can show still is.
+    detector = SpendingBurst()
+    state = detector.new_state()
+    for day in range(30):
+        state = detector.learn_one(payment(4_000, T0 + day * 86_400, f"shop-{day % 4}"), state)
+    later = T0 + 31 * 86_400
+    state = detector.learn_one(payment(4_000, later, "shop-1"), state)
+    big = payment(20_000, later, "shop-2")
+    tied = detector.explain_one(big, state, detector.score_one(big, state))
+    assert not any("follows the previous outflow" in reason for reason in tied)
+    soon = {**big, "ts": later + 600}
+    paced = detector.explain_one(soon, state, detector.score_one(soon, state))
+    assert any("follows the previous outflow after 10 min" in reason for reason in paced)
+    assert detector.score_one(soon, state) == detector.score_one(big, state) + detector.pace_weight
