@@ -113,7 +113,7 @@ def stage_stream(stage: str, *, seed: int = 20_240_601) -> list[LabelledEvent]:
     """The features the stage's sketches compute for :func:`labelled_stage_records`.
 
     Records go through the sketches as the stage wires them (for flow,
-    :class:`detectors.flow.InMemoryFlowStage`: each edge, its back record and
+    :class:`detectors.conformance.InMemoryFlowStage`: each edge, its back record and
     every relay, before the next transfer). Each feature mapping is labelled
     like the record it came from (a flow back record like its transfer's
     ``back_anomaly``, a relay ``None``); ``account_id`` is the features'.
