@@ -51,6 +51,7 @@ def test_detectors_never_import_kafka_faust_or_streams() -> None:
 #: Packages split one module per concern, lowest layer first: each imports only those before it.
 LAYERED_PACKAGES = {
     "detectors.flow": ("params", "records", "tables", "sketch", "typologies"),
+    "detectors.portfolio": ("periods", "buckets", "config", "loans", "partial", "book", "limits"),
     "streams.simulate": ("population", "scenarios", "generator", "publishing", "book"),
     "streams.localkafka": ("base", "network", "jars", "secure", "node", "cluster", "cli"),
 }
