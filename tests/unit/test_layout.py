@@ -142,6 +142,20 @@ def test_the_worker_never_imports_tooling() -> None:
     assert not offenders, offenders
 
 
+#: Longest module the worker runs: past it a module holds more than one concern (issue 14).
+MAX_WORKER_MODULE_LINES = 800
+
+
+def test_no_worker_module_is_longer_than_the_limit() -> None:
+    # tools (the simulator's scenarios, say) may run longer; what a worker runs may not
+    sizes = {module: len(path.read_text().splitlines())
+             for module in worker_modules() if (path := module_path(module)) is not None}
+    assert {"detectors.flow.sketch", "detectors.portfolio.loans"} <= set(sizes)
+    too_long = sorted(f"{module}: {lines} lines" for module, lines in sizes.items()
+                      if lines > MAX_WORKER_MODULE_LINES)
+    assert not too_long, too_long
+
+
 def test_txwatch_has_one_command_line_entry_point() -> None:
     # every command goes through streams/cli.py: settings checked and errors worded once
     entry_points = sorted(
