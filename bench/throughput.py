@@ -81,6 +81,7 @@ SOURCE = Path(os.environ.get(SNAPSHOT_ENV) or REPO)
 sys.path.insert(0, str(SOURCE))
 
 from streams import clients  # noqa: E402
+from streams.evaluation.process import METRICS_LINE  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 # Development mode, for this process and every child: the public PII key and the demo
@@ -101,7 +102,6 @@ LABELS = {
 }
 DEFAULT_OUT = REPO / "docs" / "performance"
 TEST_BROKER_ENV = "TXWATCH_TEST_BROKER"
-METRICS_LINE = re.compile(rb"metrics on (http://\S+/metrics)")
 #: Seconds between two progress lines of the parent.
 PROGRESS_EVERY = 5.0
 #: The scale-out estimate's target, payments per second.

@@ -7,13 +7,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +32,7 @@ from streams.evaluation.inputs import (
     Progress,
     ScoredAlert,
 )
+from streams.evaluation.process import WorkerProcess, topic_env
 from streams.evaluation.scoring import Evaluation, score, score_labelled
 
 log = logging.getLogger(__name__)
@@ -48,7 +44,6 @@ QUIET_SECONDS: Final = 3.0
 #: worker refreshes the gauge every ``LAG_INTERVAL_SECONDS`` (5 s), so a 0 read earlier may
 #: predate the last records; one refresh inside this window makes it current.
 LAG_SETTLE_SECONDS: Final = 6.0
-METRICS_LINE: Final = re.compile(rb"metrics on (http://\S+/metrics)")
 
 
 # -- evaluate -------------------------------------------------------------------------------
@@ -84,17 +79,7 @@ def evaluation_env(bootstrap: str, prefix: str, data_dir: Path, partitions: int,
     """The worker's environment: topics, group and state of the evaluation's own."""
     env = {
         **os.environ,
-        "TXWATCH_BROKER": bootstrap,
-        "TXWATCH_APP_ID": f"{prefix}-app",
-        "TXWATCH_PAYMENTS_TOPIC": f"{prefix}.payments",
-        "TXWATCH_LENDING_TOPIC": f"{prefix}.lending",
-        "TXWATCH_ALERT_TOPIC": f"{prefix}.alerts",
-        "TXWATCH_DEAD_LETTER_TOPIC": f"{prefix}.dead-letters",
-        "TXWATCH_CONFIG_TOPIC": f"{prefix}.config",
-        "TXWATCH_FEEDBACK_TOPIC": f"{prefix}.feedback",
-        "TXWATCH_PORTFOLIO_TOPIC": f"{prefix}.portfolio-partials",
-        "TXWATCH_METRICS_PORT": "0",
-        "TXWATCH_METRICS_HOST": "127.0.0.1",
+        **topic_env(bootstrap, prefix),
         "TXWATCH_PARTITIONS": str(partitions),
         "TXWATCH_DATA_DIR": str(data_dir),
     }
@@ -147,66 +132,17 @@ def _stage_lag(state: WorkerProgress, stage_topics: Mapping[str, str], partition
     return ", ".join(parts) if parts else "no stages"
 
 
-class _Worker:
-    """A ``txwatch worker`` child process with its log in a file."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_url: str | None = None
-
-    def start(self, timeout: float = 90.0) -> None:
-        with self.log_path.open("ab") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"], env=self.env,
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = METRICS_LINE.search(self.log_path.read_bytes())
-            if match:
-                self.metrics_url = match.group(1).decode()
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)  # polling the log for the start line
-        message = f"the worker did not start; its log: {self.log_path}\n{self.log_tail()}"
-        raise RuntimeError(message)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def progress(self) -> WorkerProgress:
-        """``txwatch_events_total`` summed and ``txwatch_consumer_lag``, from /metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        assert self.metrics_url is not None
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        processed = 0.0
-        lag: dict[tuple[str, int], float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "txwatch_events_total":
-                    processed += sample.value
-                elif sample.name == "txwatch_consumer_lag":
-                    lag[sample.labels["topic"], int(sample.labels["partition"])] = sample.value
-        return WorkerProgress(processed, lag)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def worker_progress(worker: WorkerProcess) -> WorkerProgress:
+    """``txwatch_events_total`` summed and ``txwatch_consumer_lag``, from the worker's /metrics."""
+    processed = 0.0
+    lag: dict[tuple[str, int], float] = {}
+    for (name, labels), value in worker.scrape().items():
+        if name == "txwatch_events_total":
+            processed += value
+        elif name == "txwatch_consumer_lag":
+            by_name = dict(labels)
+            lag[by_name["topic"], int(by_name["partition"])] = value
+    return WorkerProgress(processed, lag)
 
 
 async def _delete_topics(settings: Settings, prefix: str) -> list[str]:
@@ -285,11 +221,11 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
     await clients.create_topics(settings, [
         *eval_settings.input_topics, eval_settings.alert_topic, eval_settings.dead_letter_topic,
         *stage_topics.values()])
-    worker = _Worker(env, work_dir / "worker.log")
+    worker = WorkerProcess(env, work_dir / "worker.log")
     report(f"evaluate: starting a worker on topics {prefix}.* (log {worker.log_path})")
     started = time.monotonic()
     try:
-        await asyncio.to_thread(worker.start)
+        await asyncio.to_thread(worker.start, 90.0)
         published_at: dict[str, float] = {}
         labels_path = work_dir / "labels.jsonl"
         incidents: Mapping[str, int] = {}
@@ -334,7 +270,7 @@ async def evaluate_live(settings: Settings, *, events: int = 20_000, seed: int =
                 now = time.monotonic()
                 if caught_up_since is None or behind or now - last_report >= PROGRESS_EVERY:
                     try:
-                        state = await asyncio.to_thread(worker.progress)
+                        state = await asyncio.to_thread(worker_progress, worker)
                     except OSError as exc:  # a busy worker may drop a scrape: ask again
                         log.debug("evaluate: /metrics scrape failed: %s", exc)
                     behind = state.lagging(watched, partitions)

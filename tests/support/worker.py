@@ -1,118 +1,37 @@
-"""A real ``txwatch worker`` process for integration tests, and Kafka helpers."""
+"""A real ``txwatch worker`` process for integration tests, and Kafka helpers.
+
+The process harness is the product's own (:class:`streams.evaluation.process.WorkerProcess`,
+which ``txwatch evaluate`` runs its worker with); this module adds the tests' settings.
+"""
 
 from __future__ import annotations
 
 import os
-import re
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from streams import clients
+from streams.evaluation.process import WorkerProcess, topic_env
 from streams.settings import Settings
 
-METRICS_LINE = re.compile(rb"metrics on (http://\S+/metrics)")
+__all__ = ["WorkerProcess", "consume_until", "produce", "wait_for", "worker_env"]
 
 
 def worker_env(bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
     """Environment for a worker on topics and a group of its own."""
     return {
         **os.environ,
-        "TXWATCH_BROKER": bootstrap,
-        "TXWATCH_APP_ID": f"{prefix}-app",
-        "TXWATCH_PAYMENTS_TOPIC": f"{prefix}.payments",
-        "TXWATCH_LENDING_TOPIC": f"{prefix}.lending",
-        "TXWATCH_ALERT_TOPIC": f"{prefix}.alerts",
-        "TXWATCH_DEAD_LETTER_TOPIC": f"{prefix}.dead-letters",
-        "TXWATCH_CONFIG_TOPIC": f"{prefix}.config",
-        "TXWATCH_FEEDBACK_TOPIC": f"{prefix}.feedback",
+        **topic_env(bootstrap, prefix),
         "TXWATCH_DEV_MODE": "1",  # the development PII key unless TXWATCH_PII_KEY is given
-        "TXWATCH_METRICS_PORT": "0",
         "TXWATCH_SESSION_TIMEOUT": "6",
         "TXWATCH_REBALANCE_TIMEOUT": "6",
         "TXWATCH_BATCH_WITHIN": "0.02",
         "TXWATCH_PARTITIONS": "2",
         **extra,
     }
-
-
-class WorkerProcess:
-    """``python -m streams.cli worker`` with its log in a file."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_url: str | None = None
-
-    def start(self, timeout: float = 60.0) -> WorkerProcess:
-        self.metrics_url = None
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"], env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[offset:]
-            match = METRICS_LINE.search(text)
-            if match:
-                self.metrics_url = match.group(1).decode()
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)  # polling a log file for a line; not synchronising on time
-        message = f"worker did not start; log tail:\n{self.log_tail()}"
-        raise RuntimeError(message)
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        assert self.metrics_url is not None
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return samples
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples of ``name`` whose labels include ``labels``."""
-        total = 0.0
-        for (sample, sample_labels), value in self.scrape().items():
-            if sample == name and set(labels.items()) <= set(sample_labels):
-                total += value
-        return total
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 async def produce(bootstrap: str, topic: str,
