@@ -114,7 +114,7 @@ def measure(rows: list[Transfer], labels: Mapping[str, tuple[str, str]],
     """Relays, CPU, alerts and groups caught for one configuration."""
     rules = build_rules(config, STAGES)
     alerters = rules.stages.get(FLOW, [])
-    params = dataclasses.replace(flow_params(alerters), **changes)
+    params = dataclasses.replace(flow_params(alerters, rules.bounds.get(FLOW)), **changes)
     stage = DerivedStage(FLOW, lambda: FlowSketch.new(params),
                          lambda state: FlowSketch.from_state(state, params),
                          _observe, alerters, rules.version)

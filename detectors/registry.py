@@ -24,6 +24,10 @@ named by ``TXWATCH_DETECTOR_CONFIG``, or uses :data:`DEFAULT_CONFIG`)::
                                         # an alert on an account with no other alert of
                                         # this detector on it (default 0)
         }
+      },
+      "stages": {                       # optional: the derived stages' bounds
+        "flow": {"hub_degree": 8, ...}  # the flow sketch's (detectors/flow/params.py);
+                                        # a bound left out keeps its default
       }
     }
 
@@ -32,6 +36,13 @@ threshold and among the top ``budget`` of the recent positive scores of its
 segment, and only while the segment's alerts stay within ``budget`` of the
 events it scored: alerts per scored event stay within the budget whatever the
 scale of the traffic. Without one, the fixed threshold alone decides.
+
+``stages.flow`` bounds the flow stage's per-account sketch: how many paths and
+senders it keeps, how long it remembers a sender, when an account is a hub.
+The ring length and the windows are not set there: they follow ``cycle``'s,
+``fan_in``'s, ``gather_scatter``'s and ``scatter_gather``'s parameters. Both
+are fixed when a worker starts; a configuration published later that would
+change them is refused (the sketches in the table were built with the old ones).
 
 ``version`` is stamped on every alert (``config_version``) so an alert can be
 traced to the thresholds that raised it; change it whenever anything else here
@@ -68,7 +79,7 @@ from detectors.budget import DEFAULT_MIN_SCORED, DEFAULT_SEGMENT_BY
 from detectors.burst import SpendingBurst
 from detectors.crowdfunding import PayoutAfterSuspiciousPledges, PledgeChurn, SuspiciousPledging
 from detectors.fan_out import FanOut
-from detectors.flow import Cycle, FanIn, GatherScatter, ScatterGather
+from detectors.flow import Cycle, FanIn, GatherScatter, ScatterGather, configured_bounds
 from detectors.fund_segregation import FundSegregation
 from detectors.halfspace import GlobalAnomaly
 from detectors.identity import IdentityReuse, LoanStacking
@@ -304,9 +315,38 @@ DEFAULT_CONFIG: Final[dict[str, Any]] = {
         "suspicious_pledging": {"threshold": 1.0, "severity": "high"},
         "suspicious_payout": {"threshold": 1.0, "severity": "high"},
     },
+    # The bounds of the flow stage's per-account sketch (detectors/flow/params.py); its
+    # ring length and windows follow the flow detectors' params above.
+    "stages": {
+        "flow": {
+            # paths, destinations and senders kept per account, each
+            "max_entries": 64,
+            # an account with this many new senders, or receivers, within the ring window
+            # passes no path on: laundering rings run through accounts with few new
+            # counterparties, and at 32 every account of a young network relays
+            # (docs/design.md, flow stage, has the measurements)
+            "hub_degree": 8,
+            # how long a sender is remembered: a relationship forgotten sooner comes back
+            # as new and extends paths by chance (docs/detection.md, sender memory)
+            "memory_seconds": 31_536_000,
+            # only a relationship's first transfer extends paths
+            "novel_transfers": 1,
+            # a path's largest transfer at most 10x its smallest
+            "amount_ratio": 10,
+            # destination changes are relayed all the way (bounded by the ring length and
+            # the hub degree): only full relaying finds a ring whatever the order its
+            # transfers are processed in; 2 hops found 83 of 100 injected rings
+            "relay_hops": None,
+            # intermediaries kept per two-hop origin, and two-hop origins kept
+            "max_vias": 8,
+            "max_gather_origins": 8,
+        },
+    },
 }
 
-_TOP_LEVEL_KEYS: Final = ("version", "detectors")
+_TOP_LEVEL_KEYS: Final = ("version", "detectors", "stages")
+#: Derived stages whose bounds a configuration sets, with the function that checks them.
+_STAGE_BOUNDS: Final = {"flow": configured_bounds}
 _SPEC_KEYS: Final = ("params", "threshold", "severity", "critical_threshold", "learn_flagged",
                      "budget", "segment_by", "min_scored", "cooldown_seconds")
 _BUDGET_KEYS: Final = ("segment_by", "min_scored")
@@ -369,7 +409,29 @@ def build_alerters(config: Mapping[str, Any]) -> list[ThresholdAlerter]:
     if not isinstance(detectors, Mapping):
         message = f"detectors must be a mapping of detector name to settings, not {detectors!r}"
         raise ValueError(message)
+    stage_bounds(config)
     return [_build_alerter(name, spec) for name, spec in detectors.items()]
+
+
+def stage_bounds(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``stages`` section of ``config``, checked: stage name to its bounds.
+
+    A stage left out keeps its defaults (:data:`DEFAULT_CONFIG`'s), so a
+    configuration written before the section existed means what it meant.
+
+    Raises
+    ------
+    ValueError
+        Naming the key at fault, e.g. ``stages.flow.hub_degree``.
+    """
+    stages = config.get("stages", {})
+    if not isinstance(stages, Mapping):
+        message = f"stages must be a mapping of stage name to its bounds, not {stages!r}"
+        raise ValueError(message)
+    _reject_unknown_keys(stages, tuple(_STAGE_BOUNDS), "stages")
+    defaults = DEFAULT_CONFIG["stages"]
+    return {name: {**defaults[name], **check(stages.get(name, {}), f"stages.{name}")}
+            for name, check in _STAGE_BOUNDS.items()}
 
 
 def _build_alerter(name: Any, spec: Any) -> ThresholdAlerter:

@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -56,7 +56,8 @@ import orjson
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from detectors.base import ThresholdAlerter
-from detectors.registry import DEFAULT_CONFIG, build_alerters
+from detectors.registry import DEFAULT_CONFIG, build_alerters, stage_bounds
+from streams.stages import sketch_bounds
 
 if TYPE_CHECKING:
     from streams.runtime import Runtime
@@ -91,6 +92,8 @@ class RuleSet:
     config: Mapping[str, Any]
     account: list[ThresholdAlerter]
     stages: dict[str, list[ThresholdAlerter]]
+    #: the derived stages' configured bounds (``stages`` section, defaults filled in)
+    bounds: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def parse_config(raw: bytes | None, where: str = "configuration") -> dict[str, Any]:
@@ -204,7 +207,7 @@ def build_rules(config: Mapping[str, Any], stage_names: Iterable[str] = ()) -> R
         else:
             log.debug("rules %s: %s runs in stage %s, not in this worker", version,
                       alerter.name, stage)
-    return RuleSet(version, config, account, stages)
+    return RuleSet(version, config, account, stages, stage_bounds(config))
 
 
 def keep_learnt_models(old: Sequence[ThresholdAlerter],
@@ -308,11 +311,35 @@ class RulesWatcher:
                 log.debug("rules: %s is version %s, already in force", where, version)
                 return False
             rules = build_rules(config, self.runtime.stages)
+            self._same_bounds(rules)
         except ValueError as exc:
             self.reject(str(exc), where)
             return False
         self._put_in_force(rules)
         return True
+
+    def _same_bounds(self, rules: RuleSet) -> None:
+        """Refuse a configuration that would change a running stage's sketch bounds.
+
+        The sketches in the stage's table were built with the bounds the worker
+        started with; those take effect only in a worker started with them
+        (``TXWATCH_DETECTOR_CONFIG``), so a version that changes them is refused
+        rather than half applied.
+        """
+        for name, stage in self.runtime.stages.items():
+            running = stage.bounds
+            if running is None:
+                continue
+            wanted = sketch_bounds(name, rules.stages.get(name, []), rules.bounds.get(name))
+            if wanted != running:
+                changed = ", ".join(
+                    f"{field_name} {getattr(running, field_name)} -> {getattr(wanted, field_name)}"
+                    for field_name in running.__dataclass_fields__
+                    if getattr(running, field_name) != getattr(wanted, field_name))
+                message = (f"it changes the {name} stage's sketch bounds ({changed}), which "
+                           f"take effect only in a worker started with this configuration "
+                           f"(TXWATCH_DETECTOR_CONFIG)")
+                raise ValueError(message)
 
     def reject(self, error: str, where: str) -> None:
         self.rejected += 1

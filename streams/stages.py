@@ -60,19 +60,6 @@ IDENTITY_EVENT_TYPES: Final = frozenset(
 )
 IDENTITY_KINDS: Final = ("device_id", "phone", "national_id")
 PROJECT_EVENT_TYPES: Final = frozenset({"pledge", "pledge_refund", "project_payout"})
-#: How far a change of an account's destinations is relayed upstream (``None``:
-#: all the way, bounded by the ring length and the hub degree). Measured on a dense
-#: synthetic network: 2 hops cost 6 relays per transfer on average and found 83 of
-#: 100 injected rings; relaying everything found all 100 at 41. When a ring's
-#: transfers are processed together (a backlog), only full relaying finds it. Since
-#: only new relationships extend paths (``FlowParams.novel_transfers``), full relaying
-#: stays cheap (docs/design.md, flow section, has the figures).
-FLOW_RELAY_HOPS: Final[int | None] = None
-#: New senders (or receivers) within the ring window from which an account passes no
-#: path on. Laundering rings run through dedicated accounts with few new counterparties;
-#: at the sketch's own default every account of a young or growing network relays
-#: (docs/design.md, flow stage, has the measurements).
-FLOW_HUB_DEGREE: Final = 8
 #: Alert ids remembered per stage key (see :class:`StageEntry`).
 ALERTED_IDS: Final = 16
 
@@ -156,6 +143,9 @@ class DerivedStage:
         self.sensor = sensor or Sensor()
         #: analysts' feedback ranker (``streams/feedback.py``), set by the worker
         self.ranker: Callable[[Alert], float | None] | None = None
+        #: the bounds its sketches are built with (``FlowParams`` for the flow stage), fixed
+        #: for the worker's life: a configuration that would change them is refused
+        self.bounds: Any = None
 
     def entry(self, states: MutableMapping[Any, Any], key: bytes) -> StageEntry:
         """The key's entry, created or rebuilt from its recovered JSON form."""
@@ -340,17 +330,22 @@ def _observe_flow(sketch: Any, record: dict[str, Any]) -> tuple[dict[str, Any], 
     return outcome.features, relays
 
 
-def flow_params(alerters: Sequence[ThresholdAlerter]) -> Any:
-    """The flow sketch's bounds for these detectors: rings and horizons as configured.
+def flow_params(alerters: Sequence[ThresholdAlerter],
+                bounds: Mapping[str, Any] | None = None) -> Any:
+    """The flow sketch's bounds: ``bounds`` as configured, rings and horizons as the detectors'.
 
-    ``cycle``'s ``max_ring`` and ``max_span_seconds`` set the sketch's ring
-    length and window, ``fan_in``'s ``window_seconds`` its fan-in window and
-    the longest of ``gather_scatter``'s and ``scatter_gather``'s
-    ``window_seconds`` its hub window; the sender memory covers the longest.
+    ``bounds`` is the configuration's ``stages.flow`` section (default: the
+    packaged configuration's). ``cycle``'s ``max_ring`` and
+    ``max_span_seconds`` set the sketch's ring length and window, ``fan_in``'s
+    ``window_seconds`` its fan-in window and the longest of
+    ``gather_scatter``'s and ``scatter_gather``'s ``window_seconds`` its hub
+    window; the sender memory covers the longest.
     """
     from detectors.flow import DEFAULT_FLOW_PARAMS as defaults
     from detectors.flow import FlowParams
+    from detectors.registry import DEFAULT_CONFIG
 
+    configured = dict(DEFAULT_CONFIG["stages"][FLOW] if bounds is None else bounds)
     detectors = {alerter.name: alerter.detector for alerter in alerters}
     changes: dict[str, int] = {}
     cycle = detectors.get("cycle")
@@ -366,18 +361,23 @@ def flow_params(alerters: Sequence[ThresholdAlerter]) -> Any:
         changes["hub_seconds"] = max(hubs)
     seconds = [changes.get(name, 0) for name in ("window_seconds", "fan_in_seconds",
                                                  "hub_seconds")]
-    longest = max(defaults.memory_seconds, *seconds)
-    # relays keep ring detection independent of processing order
-    return FlowParams(relay_hops=FLOW_RELAY_HOPS, hub_degree=FLOW_HUB_DEGREE,
-                      memory_seconds=longest, **changes)
+    configured["memory_seconds"] = max(
+        configured.get("memory_seconds", defaults.memory_seconds), *seconds)
+    return FlowParams(**configured, **changes)
 
 
-def _sketch_of(name: str, alerters: Sequence[ThresholdAlerter] = ()) -> tuple[Any,
-                                                                            Callable[..., Any]]:
+def sketch_bounds(name: str, alerters: Sequence[ThresholdAlerter],
+                  bounds: Mapping[str, Any] | None = None) -> Any:
+    """The bounds stage ``name``'s sketches are built with, or ``None`` for a stage without."""
+    return flow_params(alerters, bounds) if name == FLOW else None
+
+
+def _sketch_of(name: str, alerters: Sequence[ThresholdAlerter] = (),
+               bounds: Mapping[str, Any] | None = None) -> tuple[Any, Callable[..., Any]]:
     if name == FLOW:
         from detectors.flow import FlowSketch
 
-        params = flow_params(alerters)
+        params = flow_params(alerters, bounds)
 
         class BoundedFlow:
             new = staticmethod(lambda: FlowSketch.new(params))
@@ -422,13 +422,21 @@ def stage_deriver(stages: Mapping[str, DerivedStage],
 
 
 def build_stages(stage_alerters: Mapping[str, Sequence[ThresholdAlerter]], config_version: str,
-                 sensor: Sensor | None = None) -> dict[str, DerivedStage]:
-    """The derived stages that have at least one detector configured."""
+                 sensor: Sensor | None = None,
+                 bounds: Mapping[str, Mapping[str, Any]] | None = None,
+                 ) -> dict[str, DerivedStage]:
+    """The derived stages that have at least one detector configured.
+
+    ``bounds``: each stage's configured sketch bounds (``RuleSet.bounds``;
+    default: the packaged configuration's).
+    """
     stages: dict[str, DerivedStage] = {}
     for name, alerters in stage_alerters.items():
         if not alerters or name not in STAGES:
             continue
-        sketch_type, observe = _sketch_of(name, alerters)
+        configured = (bounds or {}).get(name)
+        sketch_type, observe = _sketch_of(name, alerters, configured)
         stages[name] = DerivedStage(name, sketch_type.new, sketch_type.from_state, observe,
                                     alerters, config_version, sensor)
+        stages[name].bounds = sketch_bounds(name, alerters, configured)
     return stages

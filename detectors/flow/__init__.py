@@ -20,7 +20,13 @@ bounds), ``records`` (what records carry, read and checked; a ring's name),
 
 from __future__ import annotations
 
-from detectors.flow.params import DEFAULT_FLOW_PARAMS, FlowParams
+from detectors.flow.params import (
+    CONFIGURED_BOUNDS,
+    DEFAULT_FLOW_PARAMS,
+    DERIVED_BOUNDS,
+    FlowParams,
+    configured_bounds,
+)
 from detectors.flow.records import RECORD_KINDS, gathered_origins, ring_key
 from detectors.flow.sketch import BackOutcome, FlowSketch, edge_origins
 from detectors.flow.tables import STATE_FORMAT
@@ -34,7 +40,9 @@ from detectors.flow.typologies import (
 from detectors.hashing import hash_hex, stable_hash
 
 __all__ = [
+    "CONFIGURED_BOUNDS",
     "DEFAULT_FLOW_PARAMS",
+    "DERIVED_BOUNDS",
     "MAX_HORIZON_SECONDS",
     "RECORD_KINDS",
     "STATE_FORMAT",
@@ -45,6 +53,7 @@ __all__ = [
     "FlowSketch",
     "GatherScatter",
     "ScatterGather",
+    "configured_bounds",
     "edge_origins",
     "gathered_origins",
     "hash_hex",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from detectors.params import non_negative_int, positive_int
 
@@ -153,3 +154,64 @@ class FlowParams:
 
 
 DEFAULT_FLOW_PARAMS: Final = FlowParams()
+
+#: The bounds a configuration sets in its ``stages.flow`` section.
+CONFIGURED_BOUNDS: Final = (
+    "max_entries", "hub_degree", "memory_seconds", "novel_transfers", "amount_ratio",
+    "relay_hops", "max_vias", "max_gather_origins",
+)
+#: The bounds that follow from the flow detectors' parameters, and where each is set.
+DERIVED_BOUNDS: Final = {
+    "max_ring": "detectors.cycle.params.max_ring",
+    "window_seconds": "detectors.cycle.params.max_span_seconds",
+    "fan_in_seconds": "detectors.fan_in.params.window_seconds",
+    "hub_seconds": "detectors.gather_scatter and scatter_gather params.window_seconds",
+}
+
+
+def configured_bounds(raw: Any, where: str = "stages.flow") -> dict[str, Any]:
+    """The ``stages.flow`` section of a configuration, checked: bound name to value.
+
+    Every key must be one of :data:`CONFIGURED_BOUNDS` and every value valid
+    for :class:`FlowParams`; ``None`` is allowed where the parameter allows it
+    (``relay_hops``, ``amount_ratio``, ``novel_transfers``).
+
+    Raises
+    ------
+    ValueError
+        Naming the key at fault.
+
+    Examples
+    --------
+    >>> configured_bounds({"hub_degree": 12, "relay_hops": None})
+    {'hub_degree': 12, 'relay_hops': None}
+    >>> configured_bounds({"max_ring": 6})
+    Traceback (most recent call last):
+    ...
+    ValueError: stages.flow.max_ring is not set here: it follows detectors.cycle.params.max_ring
+    >>> configured_bounds({"hub_degree": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: stages.flow.hub_degree must be an int >= 1, not 0
+    """
+    if not isinstance(raw, Mapping):
+        message = f"{where} must be a mapping of flow sketch bound to value, not {raw!r}"
+        raise ValueError(message)
+    bounds: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in DERIVED_BOUNDS:
+            message = f"{where}.{name} is not set here: it follows {DERIVED_BOUNDS[name]}"
+            raise ValueError(message)
+        if name not in CONFIGURED_BOUNDS:
+            message = (f"{where}: unknown bound {name!r}; expected some of "
+                       f"{list(CONFIGURED_BOUNDS)}")
+            raise ValueError(message)
+        try:
+            FlowParams(**{name: value})
+        except (TypeError, ValueError) as exc:
+            said = str(exc)
+            message = (f"{where}.{said}" if said.startswith(f"{name} ")
+                       else f"{where}.{name}: {said}")
+            raise ValueError(message) from None
+        bounds[name] = value
+    return bounds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from streams.rules import (
     run_rules_publish,
 )
 from streams.settings import Settings
+from streams.stages import STAGES, build_stages
 from streams.state import AccountState
 
 DEFAULT_VERSION = DEFAULT_CONFIG["version"]
@@ -206,7 +208,7 @@ class RingOfAccounts(Detector):
 def test_stage_detectors_go_to_their_stage_and_the_rest_to_the_monitor(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(DETECTORS, RingOfAccounts.name, RingOfAccounts)  # type: ignore[index]
-    flow = SimpleNamespace(alerters=[], config_version=DEFAULT_VERSION)
+    flow = SimpleNamespace(alerters=[], config_version=DEFAULT_VERSION, bounds=None)
     h = Harness(stages={"flow": flow})
     document = config("v2")
     document["detectors"]["test_ring"] = {"params": {"min_ring": 4}, "threshold": 1.0}
@@ -219,6 +221,59 @@ def test_stage_detectors_go_to_their_stage_and_the_rest_to_the_monitor(
     assert flow.config_version == "v2"
     assert "test_ring" not in [a.name for a in h.monitor.alerters]
     assert "velocity" in [a.name for a in h.monitor.alerters]
+
+
+def running_stages(document: dict[str, Any]) -> dict[str, Any]:
+    """The derived stages a worker started with ``document`` runs."""
+    rules = build_rules(document, STAGES)
+    return build_stages(rules.stages, rules.version, bounds=rules.bounds)
+
+
+def test_the_flow_sketch_is_built_with_the_configured_bounds() -> None:
+    document = config("v2")
+    document["stages"]["flow"]["hub_degree"] = 12
+    del document["stages"]["flow"]["max_vias"]  # a bound left out keeps its default
+    flow = running_stages(document)["flow"]
+    assert flow.bounds.hub_degree == 12
+    assert flow.bounds.max_vias == DEFAULT_CONFIG["stages"]["flow"]["max_vias"] == 8
+    assert flow.new_sketch().params == flow.bounds
+    # the ring length and window follow cycle's parameters, not the section
+    assert flow.bounds.max_ring == 10 and flow.bounds.window_seconds == 28 * 86_400
+
+
+@pytest.mark.parametrize(("bounds", "error"), [
+    ({"hub_degree": 0}, "stages.flow.hub_degree must be an int >= 1, not 0"),
+    ({"max_ring": 6}, "stages.flow.max_ring is not set here: it follows "
+                      "detectors.cycle.params.max_ring"),
+    ({"colour": 1}, "stages.flow: unknown bound 'colour'"),
+])
+def test_a_bad_flow_bound_is_refused_with_its_key(bounds: dict[str, Any], error: str) -> None:
+    document = config("v2")
+    document["stages"]["flow"] = bounds
+    with pytest.raises(ValueError, match=re.escape(error)):
+        build_rules(document)
+    document["stages"] = {"identity": {}}
+    with pytest.raises(ValueError, match=re.escape("stages: unknown key 'identity'")):
+        build_rules(document)
+
+
+def test_a_version_that_would_change_the_flow_sketch_is_refused_and_says_which_bound() -> None:
+    stages = running_stages(copy.deepcopy(DEFAULT_CONFIG))
+    h = Harness(stages=stages)
+    busier = config("v2")
+    busier["stages"]["flow"]["hub_degree"] = 12
+    assert not h.watcher.apply(raw(busier), where="t.config@1")
+    assert h.rejected() == 1.0
+    assert "flow stage's sketch bounds (hub_degree 8 -> 12)" in (h.watcher.last_error or "")
+    shorter = config("v3", cycle={"params": {**DEFAULT_CONFIG["detectors"]["cycle"]["params"],
+                                             "max_ring": 8}})
+    assert not h.watcher.apply(raw(shorter), where="t.config@2")
+    assert "max_ring 10 -> 8" in (h.watcher.last_error or "")
+    assert h.monitor.config_version == DEFAULT_VERSION  # neither was half applied
+    # thresholds, severities and the bounds as they are: in force
+    assert h.watcher.apply(raw(config("v4", cycle={"threshold": 2.0})), where="t.config@3")
+    assert stages["flow"].config_version == "v4"
+    assert [a.threshold for a in stages["flow"].alerters if a.name == "cycle"] == [2.0]
 
 
 def test_parse_config_names_the_problem() -> None:
