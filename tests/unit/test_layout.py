@@ -177,3 +177,15 @@ def test_the_account_stage_names_no_particular_detector() -> None:
         if module.startswith("detectors.") and module.split(".")[1] not in {"base", "registry"}
     )
     assert not named, named
+
+
+def test_every_package_states_its_role_in_one_line_at_its_top() -> None:
+    # A newcomer opening a folder reads what it is for before anything else.
+    unstated = []
+    for init in sorted([*(ROOT / "streams").rglob("__init__.py"),
+                        *(ROOT / "detectors").rglob("__init__.py")]):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        first = doc.splitlines()[0] if doc else ""
+        if not (first.endswith(".") and len(first) <= 100):
+            unstated.append(f"{init.parent.relative_to(ROOT)}: {first or '(no docstring)'}")
+    assert not unstated, "packages without a one-line role at the top:\n" + "\n".join(unstated)
