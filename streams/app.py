@@ -149,7 +149,7 @@ def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[st
     """The derived stages with at least one configured detector."""
     config = detector_config(settings)
     rules = build_rules(config, STAGES)
-    return build_stages(rules.stages, rules.version, sensor, rules.bounds)
+    return build_stages(rules.stages, rules.version, rules.bounds, sensor)
 
 
 def create_app(settings: Settings, metrics: PrometheusSensor | None = None,

@@ -422,19 +422,18 @@ def stage_deriver(stages: Mapping[str, DerivedStage],
 
 
 def build_stages(stage_alerters: Mapping[str, Sequence[ThresholdAlerter]], config_version: str,
-                 sensor: Sensor | None = None,
-                 bounds: Mapping[str, Mapping[str, Any]] | None = None,
-                 ) -> dict[str, DerivedStage]:
+                 bounds: Mapping[str, Mapping[str, Any]],
+                 sensor: Sensor | None = None) -> dict[str, DerivedStage]:
     """The derived stages that have at least one detector configured.
 
-    ``bounds``: each stage's configured sketch bounds (``RuleSet.bounds``;
-    default: the packaged configuration's).
+    ``bounds``: each stage's configured sketch bounds (``RuleSet.bounds``), so
+    that no caller builds sketches with other bounds than its configuration's.
     """
     stages: dict[str, DerivedStage] = {}
     for name, alerters in stage_alerters.items():
         if not alerters or name not in STAGES:
             continue
-        configured = (bounds or {}).get(name)
+        configured = bounds.get(name)
         sketch_type, observe = _sketch_of(name, alerters, configured)
         stages[name] = DerivedStage(name, sketch_type.new, sketch_type.from_state, observe,
                                     alerters, config_version, sensor)

@@ -146,7 +146,7 @@ def backtest(path: Path, config: Mapping[str, Any] | None = None, *,
     # The derived stages run in line: each event's records go through their stage
     # (and the records that stage sends on, a flow relay wave) before the next event,
     # as if every internal topic were one partition consumed without lag.
-    stages = build_stages(rules.stages, rules.version, sensor)
+    stages = build_stages(rules.stages, rules.version, rules.bounds, sensor)
     stage_states: dict[str, dict[bytes, Any]] = {name: {} for name in stages}
     stage_offsets = dict.fromkeys(stages, -1)
     derive = stage_deriver(stages, stage_states.get(FLOW)) if stages else None

@@ -33,7 +33,7 @@ import orjson
 
 from detectors.conformance import labelled_stage_records, stage_of, stage_stream
 from detectors.flow import edge_origins
-from detectors.registry import DEFAULT_CONFIG, STAGE_DETECTORS, build_alerters
+from detectors.registry import DEFAULT_CONFIG, STAGE_DETECTORS, build_alerters, stage_bounds
 from streams.alerts import Alert
 from streams.stages import FLOW, DerivedStage, StageEntry, StageOutcome, build_stages
 from streams.state import RECENT_IDS
@@ -75,7 +75,8 @@ def stage_factory(name: str) -> StageFactory:
     assert stage is not None, name
 
     def factory() -> DerivedStage:
-        return build_stages({stage: build_alerters(config)}, config["version"])[stage]
+        return build_stages({stage: build_alerters(config)}, config["version"],
+                            stage_bounds(config))[stage]
 
     return factory
 

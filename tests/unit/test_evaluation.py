@@ -204,6 +204,12 @@ def test_backtest_runs_the_derived_stages_a_ring_of_eight_is_a_cycle(tmp_path: P
         del config["detectors"][name]
     off = backtest(path, config, settings=Settings(dev_mode=True))
     assert {row.scenario: row for row in off.scenarios}["cycle"].recall == 0.0
+    # the sketches are built with the configuration's bounds: without relays
+    # (stages.flow.relay_hops 0) a ring completed out of order is not found
+    no_relays = copy.deepcopy(DEFAULT_CONFIG)
+    no_relays["stages"]["flow"]["relay_hops"] = 0
+    missed = backtest(path, no_relays, settings=Settings(dev_mode=True))
+    assert {row.scenario: row for row in missed.scenarios}["cycle"].recall == 0.0
 
 
 # -- a labels CSV: any detector, per pattern and group ---------------------------------------

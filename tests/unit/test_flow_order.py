@@ -59,7 +59,7 @@ def history() -> list[Transfer]:
 
 def flow_stage() -> DerivedStage:
     rules = build_rules(DEFAULT_CONFIG, STAGES)
-    return build_stages({FLOW: rules.stages[FLOW]}, rules.version)[FLOW]
+    return build_stages({FLOW: rules.stages[FLOW]}, rules.version, rules.bounds)[FLOW]
 
 
 def run(transfers: list[Transfer], seed: int | None) -> set[tuple[str, str]]:

@@ -226,7 +226,7 @@ def test_stage_detectors_go_to_their_stage_and_the_rest_to_the_monitor(
 def running_stages(document: dict[str, Any]) -> dict[str, Any]:
     """The derived stages a worker started with ``document`` runs."""
     rules = build_rules(document, STAGES)
-    return build_stages(rules.stages, rules.version, bounds=rules.bounds)
+    return build_stages(rules.stages, rules.version, rules.bounds)
 
 
 def test_the_flow_sketch_is_built_with_the_configured_bounds() -> None:
