@@ -422,11 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true",
                           help="print the README's table (Configuration) instead")
 
-    from streams import calibrate, feedback, importer, rules
+    from streams import calibrate, feedback, importer, rules, trace
     from streams.evaluation import cli as evaluation
     from streams.portfolio import cli as portfolio
 
-    for module in (portfolio, rules, feedback, evaluation, importer, calibrate):
+    for module in (portfolio, rules, feedback, evaluation, importer, calibrate, trace):
         module.register_cli(sub)
     return parser
 

@@ -19,7 +19,8 @@ def test_help_lists_each_command_once_without_markup(capsys: pytest.CaptureFixtu
     text = capsys.readouterr().out
     assert "``" not in text and "--------" not in text
     names = ["worker", "demo", "simulate", "replay", "tail", "broker", "settings", "portfolio",
-             "rules", "feedback", "evaluate", "backtest", "dead-letters", "calibrate", "import-csv"]
+             "rules", "feedback", "evaluate", "backtest", "dead-letters", "calibrate", "import-csv",
+             "trace"]
     # argparse indents a command's name by 4 and a wrapped help line by more
     listed = [m[1] for m in re.finditer(r"^ {2,4}([a-z-]+)(?: {2,}|$)", text, re.MULTILINE)]
     assert sorted(listed) == sorted(names)
