@@ -46,7 +46,6 @@ import hashlib
 import math
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
@@ -270,29 +269,10 @@ def child_settings(spec: dict[str, Any]) -> Settings:
 
 
 def bench_faust_app(settings: Settings) -> Any:
-    """A Faust app configured exactly as ``streams.app.create_app`` configures txwatch's.
+    """The Faust app txwatch's worker runs on (``streams.app.faust_app``), for a baseline."""
+    from streams.app import faust_app
 
-    Kept in step by :func:`check_config_drift`, which the parent runs before
-    measuring anything.
-    """
-    import faust
-
-    return faust.App(
-        settings.app_id,
-        broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
-        store="memory://",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.consumer_session_timeout,
-        broker_heartbeat_interval=min(3.0, settings.consumer_session_timeout / 3),
-        broker_rebalance_timeout=settings.rebalance_timeout,
-        producer_linger=0.005,
-        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
-        datadir=str(settings.data_dir / "faust" / settings.app_id),
-        version=1,
-    )
+    return faust_app(settings)
 
 
 def _use_uvloop() -> None:
@@ -743,26 +723,6 @@ def simulator_messages(seed: int, events: int, accounts: int,
 
 
 # -- configuration drift ------------------------------------------------------------------
-
-
-def check_config_drift(settings: Settings) -> list[str]:
-    """Faust settings where :func:`bench_faust_app` differs from ``create_app``'s app."""
-    import faust
-
-    from streams.app import create_app
-
-    reference = create_app(settings).app.conf
-    ours = bench_faust_app(settings).conf
-    differences = []
-    # reply_to is a random topic name per app instance, not a configuration choice.
-    for name in sorted(faust.Settings.setting_names() - {"reply_to"}):
-        try:
-            a, b = repr(getattr(reference, name)), repr(getattr(ours, name))
-        except Exception:  # some settings need a running loop; not ours to judge
-            continue
-        if re.sub(r" at 0x[0-9a-f]+", "", a) != re.sub(r" at 0x[0-9a-f]+", "", b):
-            differences.append(f"{name}: txwatch {a} != bench {b}")
-    return differences
 
 
 def changelog_topic_for(settings: Settings) -> str:
@@ -1677,13 +1637,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "accounts": len({m[1] for m in messages})}
             profile_messages = messages[:args.profile_events] if args.profile else []
             del messages
-
-            drift = check_config_drift(dev_settings(broker=broker, app_id=f"bench-{tag}-drift",
-                                                partitions=args.partitions))
-            results["faust_config_drift"] = drift
-            if drift:
-                progress("WARNING: the baselines' Faust settings differ from txwatch's: "
-                         + "; ".join(drift))
 
             # -- throughput ------------------------------------------------------------
             outcomes, changelogs = run_throughput(args, broker, topics, expected, workdir, tag)

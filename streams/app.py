@@ -152,23 +152,13 @@ def build_stage_set(settings: Settings, sensor: Sensor | None = None) -> dict[st
     return build_stages(rules.stages, rules.version, rules.bounds, sensor)
 
 
-def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
-               extra_sensors: tuple[Sensor, ...] = ()) -> Runtime:
-    """Build the Faust app, its topics, table and agent from ``settings``."""
-    from streams import __version__
-    from streams.agents import attach_agent
-    from streams.feedback import attach_feedback
-    from streams.portfolio.agent import attach_portfolio
-    from streams.rules import attach_rules
+def faust_app(settings: Settings, replicas: int = 1) -> faust.App:
+    """The Faust app with txwatch's settings, before its topics, tables and agents.
 
-    sensors = SensorDelegate(extra_sensors)
-    if metrics is not None:
-        sensors.add(metrics)
-    stages = build_stage_set(settings, sensors)
-    # ``txwatch worker`` decides the replicas before it gets here (0: one, in tests and tools)
-    replicas = settings.replication_factor or 1
-    replicated = replica_configs(replicas)
-    app = faust.App(
+    The benchmark's baselines (``bench/throughput.py``) are built on this same
+    app, so they run with the worker's Faust settings by construction.
+    """
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{hostport}" for hostport in settings.broker.split(",")],
         broker_credentials=broker_credentials(settings),
@@ -185,6 +175,25 @@ def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
         datadir=str(settings.data_dir / "faust" / settings.app_id),
         version=1,
     )
+
+
+def create_app(settings: Settings, metrics: PrometheusSensor | None = None,
+               extra_sensors: tuple[Sensor, ...] = ()) -> Runtime:
+    """Build the Faust app, its topics, table and agent from ``settings``."""
+    from streams import __version__
+    from streams.agents import attach_agent
+    from streams.feedback import attach_feedback
+    from streams.portfolio.agent import attach_portfolio
+    from streams.rules import attach_rules
+
+    sensors = SensorDelegate(extra_sensors)
+    if metrics is not None:
+        sensors.add(metrics)
+    stages = build_stage_set(settings, sensors)
+    # ``txwatch worker`` decides the replicas before it gets here (0: one, in tests and tools)
+    replicas = settings.replication_factor or 1
+    replicated = replica_configs(replicas)
+    app = faust_app(settings, replicas)
     input_topic = app.topic(
         *settings.input_topics, key_type=bytes, value_type=bytes,
         key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
