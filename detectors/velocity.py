@@ -139,8 +139,8 @@ class VelocityLimits(Detector):
             [feature for feature, _, _, _ in self._checks], {}, COUNT_QUANTILE,
             COUNT_MIN_POPULATION,
         )
-        # feature -> (population seen, limit) of a count limit found ordinary early
-        self._ordinary: dict[str, tuple[int, int]] = {}
+        # feature -> (population seen at the last check, limit found ordinary early or None)
+        self._ordinary: dict[str, tuple[int, int | None]] = {}
 
     def _count_limit(self, feature: str, configured: int) -> int:
         """A configured count limit, raised to the population's quantile where that is higher."""
@@ -157,15 +157,11 @@ class VelocityLimits(Detector):
             return
         cached = self._ordinary.get(feature)
         if cached is not None and seen - cached[0] < 64:
-            return  # recomputed every 64 values, like the learnt limits
-        if population.share_at_least(ALL_CURRENCIES, feature, configured) < ORDINARY_SHARE:
-            if cached is None:
-                return
-            limit = cached[1]  # never lowered
-        else:
-            limit = population.quantile(ALL_CURRENCIES, feature, COUNT_QUANTILE) or configured
-            if cached is not None:
-                limit = max(limit, cached[1])
+            return  # checked every 64 values, like the learnt limits, raised or not
+        limit = None if cached is None else cached[1]  # never lowered
+        if population.share_at_least(ALL_CURRENCIES, feature, configured) >= ORDINARY_SHARE:
+            learnt = population.quantile(ALL_CURRENCIES, feature, COUNT_QUANTILE) or configured
+            limit = learnt if limit is None else max(limit, learnt)
         self._ordinary[feature] = (seen, limit)
 
     def _sums(self, x: Features) -> list[tuple[str, int, int]]:
@@ -256,7 +252,7 @@ class VelocityLimits(Detector):
         snapshot = snapshot or {}
         self._money.restore(snapshot.get("sums"))
         self._busy.restore(snapshot.get("counts"))
-        self._ordinary = {str(feature): (int(seen), int(limit))
+        self._ordinary = {str(feature): (int(seen), None if limit is None else int(limit))
                           for feature, seen, limit in snapshot.get("ordinary", ())}
 
 
