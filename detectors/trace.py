@@ -102,7 +102,8 @@ class FlowLedger:
     :data:`EVENT_IDS` event ids (:meth:`max_state_bytes`).
     """
 
-    __slots__ = ("account_id", "latest_ts", "max_counterparties", "sides", "window_seconds")
+    __slots__ = ("account_id", "latest_ts", "max_counterparties", "oldest_ts", "sides",
+                 "window_seconds")
 
     def __init__(self, account_id: str, max_counterparties: int = 32,
                  window_seconds: int = 90 * 86_400) -> None:
@@ -112,6 +113,8 @@ class FlowLedger:
         self.max_counterparties = max_counterparties
         self.window_seconds = window_seconds
         self.latest_ts = 0
+        #: no edge's last transfer is older (a lower bound): pruning scans only past it
+        self.oldest_ts = 0
         #: direction -> (counterparty, currency) -> edge
         self.sides: dict[str, dict[tuple[str, str], list[Any]]] = {d: {} for d in DIRECTIONS}
 
@@ -134,7 +137,9 @@ class FlowLedger:
             _merge_into(edge, [amount_minor, 1, ts, ts, [event_id]])
         if ts > self.latest_ts:
             self.latest_ts = ts
-            self._prune()
+            if self.oldest_ts < ts - self.window_seconds:
+                self._prune()
+        self.oldest_ts = min(self.oldest_ts, ts)
         self._fold(direction)
 
     def edges(self, direction: Direction, *, since: int | None = None,
@@ -165,9 +170,13 @@ class FlowLedger:
         for side in self.sides.values():
             for key in [key for key, edge in side.items() if edge[_LAST] < oldest]:
                 del side[key]
+        self.oldest_ts = min((edge[_LAST] for side in self.sides.values()
+                              for edge in side.values()), default=self.latest_ts)
 
     def _fold(self, direction: str) -> None:
         side = self.sides[direction]
+        if len(side) <= self.max_counterparties:  # the usual case: nothing to fold
+            return
         named = [key for key in side if key[0] != OTHER]
         excess = len(named) - self.max_counterparties
         if excess <= 0:
@@ -219,6 +228,8 @@ class FlowLedger:
             ledger.sides[direction] = {
                 (str(cp), str(cur)): [int(a), int(n), int(f), int(last), [str(i) for i in ids]]
                 for cp, cur, a, n, f, last, ids in rows}
+        ledger.oldest_ts = min((edge[_LAST] for side in ledger.sides.values()
+                                for edge in side.values()), default=ledger.latest_ts)
         return ledger
 
 
