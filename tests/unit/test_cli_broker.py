@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.localkafka import DEFAULT_CLIENT_PORT, HOST, broker_banner, cli_client_port
+from streams.localkafka.network import port_is_free
 
 
 @pytest.fixture
@@ -27,13 +28,7 @@ def default_port_taken() -> Iterator[None]:
 
 
 def default_port_free() -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((HOST, DEFAULT_CLIENT_PORT))
-        except OSError:
-            return False
-        return True
+    return port_is_free(DEFAULT_CLIENT_PORT)
 
 
 def test_an_explicit_port_wins() -> None:
