@@ -33,21 +33,13 @@ def test_the_benchmark_builds_txwatch_apps_without_a_pii_key(
     assert bench.changelog_topic_for(settings).startswith("bench-test-drift")
 
 
-def test_the_baselines_run_on_the_workers_faust_settings() -> None:
-    # Built by the worker's own function, not a copy: every Faust setting is the same.
-    import faust
-
-    from streams.app import create_app
+def test_the_baselines_run_on_the_workers_faust_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Built by the worker's own function, not a copy that could drift from it.
+    import streams.app
 
     bench = load_bench()
     settings = bench.dev_settings(broker="127.0.0.1:9", app_id="bench-test-same", partitions=2)
-    worker, baseline = create_app(settings).app.conf, bench.bench_faust_app(settings).conf
-    compared = 0
-    for name in sorted(faust.Settings.setting_names() - {"reply_to"}):  # reply_to: random
-        try:
-            ours, theirs = getattr(worker, name), getattr(baseline, name)
-        except Exception:
-            continue
-        assert repr(ours).split(" at 0x")[0] == repr(theirs).split(" at 0x")[0], name
-        compared += 1
-    assert compared > 50
+    built: list[object] = []
+    monkeypatch.setattr(streams.app, "faust_app", lambda s, *a: built.append(s) or "the app")
+    assert bench.bench_faust_app(settings) == "the app"
+    assert built == [settings]
